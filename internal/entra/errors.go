@@ -1,0 +1,253 @@
+package entra
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+)
+
+// Class says what the daemon must do about an IdP failure. It is decided here, once, so that the cache, the broker and the
+// status command never disagree about whether an error means "offline, keep serving" or "revoked, purge".
+type Class int
+
+const (
+	// ClassOther is a failure that is neither the network's nor the IdP's verdict on a principal (a bug, a bad config).
+	ClassOther Class = iota
+	// ClassTransient: network errors, timeouts, 5xx, 429. Keep serving valid cached tokens and retry with backoff.
+	ClassTransient
+	// ClassPermanent: the IdP refuses a principal (revoked session, disabled user or agent, consent withdrawn, bad secret).
+	// Everything derived from that principal must be purged.
+	ClassPermanent
+	// ClassInteraction: the user must act (MFA, conditional access, claims challenge). The caller is told, with claims.
+	ClassInteraction
+	// ClassInvalidRequest: the request itself was wrong (e.g. an unknown scope). Nothing is purged.
+	ClassInvalidRequest
+)
+
+func (c Class) String() string {
+	switch c {
+	case ClassTransient:
+		return "transient"
+	case ClassPermanent:
+		return "permanent"
+	case ClassInteraction:
+		return "interaction_required"
+	case ClassInvalidRequest:
+		return "invalid_request"
+	default:
+		return "other"
+	}
+}
+
+// Subject names which principal a permanent failure condemns, so that a purge touches only what it must.
+type Subject int
+
+const (
+	SubjectNone Subject = iota
+	SubjectUser         // the user's sign-in: revoked session, expired refresh token, user disabled
+	SubjectAgent        // the agent identity or its blueprint: disabled, unknown, bad credential
+	SubjectConsent      // the agent's consent for the requested scopes
+)
+
+// Error is an IdP failure with its class. Its message carries the AADSTS code and the IdP's short description, never a
+// token, assertion or secret: MSAL's own error text embeds the request URL and the whole body, so it is not passed on.
+type Error struct {
+	Class      Class
+	Subject    Subject
+	Code       string        // OAuth "error", e.g. invalid_grant
+	AADSTS     int           // first of "error_codes", 0 when absent
+	Suberror   string        // e.g. consent_required, basic_action
+	Claims     string        // claims challenge JSON for ClassInteraction
+	Status     int           // HTTP status, 0 for network failures
+	RetryAfter time.Duration // from Retry-After on 429/503
+	Summary    string        // safe one-line description
+	err        error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("identity provider: ")
+	b.WriteString(e.Class.String())
+	if e.AADSTS != 0 {
+		fmt.Fprintf(&b, ": AADSTS%d", e.AADSTS)
+	}
+	if e.Code != "" {
+		b.WriteString(" (" + e.Code + ")")
+	}
+	if e.Summary != "" {
+		b.WriteString(": " + e.Summary)
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying error only when it is a network or context error: those carry no secrets, and callers
+// need errors.Is(err, context.DeadlineExceeded).
+func (e *Error) Unwrap() error {
+	if e.Status == 0 {
+		return e.err
+	}
+	return nil
+}
+
+// oauthErrorBody is the JSON an Entra token endpoint returns on failure.
+type oauthErrorBody struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+	ErrorCodes       []int  `json:"error_codes"`
+	Suberror         string `json:"suberror"`
+	Claims           string `json:"claims"`
+}
+
+// Classify turns any error from an MSAL call into *Error. It is idempotent.
+func Classify(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var already *Error
+	if errors.As(err, &already) {
+		return already
+	}
+	var callErr msalerrors.CallErr
+	if errors.As(err, &callErr) && callErr.Resp != nil {
+		return classifyHTTP(callErr, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return &Error{Class: ClassTransient, Summary: "request to the identity provider timed out or was cancelled", err: err}
+	}
+	var netErr net.Error
+	var urlErr *url.Error
+	var opErr *net.OpError
+	if errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.As(err, &opErr) || looksLikeNetwork(err) {
+		return &Error{Class: ClassTransient, Summary: "identity provider unreachable", err: networkOnly(err)}
+	}
+	return &Error{Class: ClassOther, Summary: "unexpected failure talking to the identity provider"}
+}
+
+// looksLikeNetwork catches MSAL's wrapping of transport failures, which loses the error chain in places.
+func looksLikeNetwork(err error) bool {
+	s := err.Error()
+	for _, marker := range []string{"connection refused", "connection reset", "EOF", "no such host", "i/o timeout", "TLS handshake", "unable to resolve an endpoint", "server misbehaving", "broken pipe"} {
+		if strings.Contains(s, marker) {
+			return true
+		}
+	}
+	return false
+}
+
+// networkOnly keeps the error chain for errors.Is checks but never its text, which may contain a URL with a query.
+func networkOnly(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return errors.New("network error")
+}
+
+func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
+	e := &Error{Status: ce.Resp.StatusCode}
+	body := bodyFromError(err)
+	var oe oauthErrorBody
+	if jsonErr := json.Unmarshal(body, &oe); jsonErr == nil {
+		e.Code, e.Suberror, e.Claims = oe.Error, oe.Suberror, oe.Claims
+		if len(oe.ErrorCodes) > 0 {
+			e.AADSTS = oe.ErrorCodes[0]
+		}
+		e.Summary = firstLine(oe.ErrorDescription)
+	}
+	if ra := ce.Resp.Header.Get("Retry-After"); ra != "" {
+		if secs, convErr := strconv.Atoi(ra); convErr == nil && secs >= 0 {
+			e.RetryAfter = time.Duration(secs) * time.Second
+		}
+	}
+	switch {
+	case e.Status == http.StatusTooManyRequests || e.Status >= 500:
+		e.Class = ClassTransient
+		if e.Summary == "" {
+			e.Summary = fmt.Sprintf("identity provider answered HTTP %d", e.Status)
+		}
+	default:
+		e.Class, e.Subject = classifyOAuth(e)
+	}
+	return e
+}
+
+// classifyOAuth maps AADSTS codes (ENTRA-NOTES.md §4, docs/errors.md) to classes. Codes first, then the OAuth error.
+func classifyOAuth(e *Error) (Class, Subject) {
+	switch e.AADSTS {
+	case 50076, 50079, 50158, 53003, 50074:
+		return ClassInteraction, SubjectUser
+	case 50173, 70008, 700082, 50126, 50057, 50133, 700084, 500133:
+		return ClassPermanent, SubjectUser
+	case 7000112, 700016, 7000215, 7000222, 700027, 50013:
+		// 50013 is an invalid assertion; the daemon's assertions are its own exchange tokens, so treat as agent-side.
+		return ClassPermanent, SubjectAgent
+	case 65001, 65004:
+		return ClassPermanent, SubjectConsent
+	case 70011, 90009, 900144:
+		return ClassInvalidRequest, SubjectNone
+	}
+	switch e.Code {
+	case "interaction_required", "login_required", "consent_required":
+		if e.Code == "consent_required" {
+			return ClassPermanent, SubjectConsent
+		}
+		return ClassInteraction, SubjectUser
+	case "invalid_grant":
+		if e.Suberror == "consent_required" {
+			return ClassPermanent, SubjectConsent
+		}
+		if e.Claims != "" || e.Suberror == "basic_action" || e.Suberror == "additional_action" {
+			return ClassInteraction, SubjectUser
+		}
+		return ClassPermanent, SubjectUser
+	case "invalid_client", "unauthorized_client":
+		return ClassPermanent, SubjectAgent
+	case "invalid_scope", "invalid_request", "unsupported_grant_type":
+		return ClassInvalidRequest, SubjectNone
+	case "temporarily_unavailable", "server_error":
+		return ClassTransient, SubjectNone
+	}
+	return ClassOther, SubjectNone
+}
+
+// bodyFromError extracts the JSON body MSAL puts after "reply status code was NNN:" in its error text. The response body
+// itself may already be consumed (ENTRA-NOTES §6), so the text is the reliable source.
+func bodyFromError(err error) []byte {
+	s := err.Error()
+	i := strings.Index(s, "reply status code was ")
+	if i < 0 {
+		return nil
+	}
+	s = s[i:]
+	j := strings.IndexByte(s, '{')
+	if j < 0 {
+		return nil
+	}
+	s = s[j:]
+	if k := strings.LastIndexByte(s, '}'); k >= 0 {
+		s = s[:k+1]
+	}
+	return []byte(s)
+}
+
+func firstLine(desc string) string {
+	if i := strings.IndexAny(desc, "\r\n"); i >= 0 {
+		desc = desc[:i]
+	}
+	// "AADSTS50173: The provided grant has expired ..." → keep the text after the code, bounded.
+	if i := strings.Index(desc, ": "); i >= 0 && strings.HasPrefix(desc, "AADSTS") {
+		desc = desc[i+2:]
+	}
+	if len(desc) > 200 {
+		desc = desc[:200]
+	}
+	return desc
+}
