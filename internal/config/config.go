@@ -1,0 +1,251 @@
+// Package config reads agentidd's one TOML file. Every key has a default and unknown keys are errors, so a typo never
+// silently weakens a setting.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the daemon's configuration.
+type Config struct {
+	// Authority is https://<host>/<tenant id>.
+	Authority string `toml:"authority"`
+	// ClientID is the public client app the user signs in to.
+	ClientID string `toml:"client_id"`
+	// BlueprintAppID is the Agent ID blueprint the agents belong to.
+	BlueprintAppID string `toml:"blueprint_app_id"`
+	// UserScope is the blueprint's delegated scope the user's token is requested for; default api://<blueprint>/access_as_user.
+	UserScope string `toml:"user_scope"`
+	// DevCAFile makes the daemon trust this CA and skip instance discovery: for the local emulator only.
+	DevCAFile string `toml:"dev_ca_file"`
+	// SecretStore is "os" (Keychain, Secret Service, Credential Manager + DPAPI) or "file" (explicit opt-in, see docs/secrets.md).
+	SecretStore string `toml:"secret_store"`
+	// StateDir holds the encrypted store and the audit log.
+	StateDir string `toml:"state_dir"`
+	// Socket overrides the endpoint path.
+	Socket string `toml:"socket"`
+	// MinTTL is the default minimum remaining lifetime of a served token.
+	MinTTL Duration `toml:"min_ttl"`
+	// RefreshWindow: only tokens used within it are refreshed ahead of expiry.
+	RefreshWindow Duration `toml:"refresh_window"`
+	// ConsentWaitMax caps how long GetToken may wait for a consent decision.
+	ConsentWaitMax Duration `toml:"consent_wait_max"`
+	// DenyCooldown: how long a denied consent is remembered.
+	DenyCooldown Duration `toml:"deny_cooldown"`
+	// RateLimit is the per-agent sustained GetToken rate (per second) and Burst its bucket size.
+	RateLimit float64 `toml:"rate_limit"`
+	Burst     int     `toml:"burst"`
+	Agents    []Agent `toml:"agent"`
+
+	// Path is where the file was read from (not a key).
+	Path string `toml:"-"`
+}
+
+// Agent maps a local agent name to its Entra agent identity and to the executables allowed to act as it.
+type Agent struct {
+	Name        string    `toml:"name"`
+	AppID       string    `toml:"app_id"`
+	DisplayName string    `toml:"display_name"`
+	Bindings    []Binding `toml:"binding"`
+}
+
+// Binding ties an agent to an executable by path and content hash.
+type Binding struct {
+	Exe    string `toml:"exe"`
+	SHA256 string `toml:"sha256"`
+}
+
+// Duration is a time.Duration written as "90s", "15m".
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %s is negative", v)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+var (
+	guidRE   = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// DefaultPath is the user's config file.
+func DefaultPath() (string, error) {
+	if p := os.Getenv("AGENTIDD_CONFIG"); p != "" {
+		return p, nil
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("finding the config directory: %w", err)
+	}
+	return filepath.Join(dir, "agentidd", "config.toml"), nil
+}
+
+// Load reads and validates a config file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates config text; path is only used in messages and to resolve relative paths.
+func Parse(path string, data []byte) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(string(data), &c)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		sort.Strings(keys)
+		return nil, fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+	}
+	c.Path = path
+	if err := c.applyDefaults(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() error {
+	if c.UserScope == "" && c.BlueprintAppID != "" {
+		c.UserScope = "api://" + c.BlueprintAppID + "/access_as_user"
+	}
+	if c.SecretStore == "" {
+		c.SecretStore = "os"
+	}
+	if c.StateDir == "" {
+		dir, err := defaultStateDir()
+		if err != nil {
+			return err
+		}
+		c.StateDir = dir
+	}
+	c.StateDir = c.resolve(c.StateDir)
+	if c.DevCAFile != "" {
+		c.DevCAFile = c.resolve(c.DevCAFile)
+	}
+	if c.MinTTL.Duration == 0 {
+		c.MinTTL.Duration = 60 * time.Second
+	}
+	if c.RefreshWindow.Duration == 0 {
+		c.RefreshWindow.Duration = 15 * time.Minute
+	}
+	if c.ConsentWaitMax.Duration == 0 {
+		c.ConsentWaitMax.Duration = 2 * time.Minute
+	}
+	if c.DenyCooldown.Duration == 0 {
+		c.DenyCooldown.Duration = 10 * time.Minute
+	}
+	if c.RateLimit == 0 {
+		c.RateLimit = 200
+	}
+	if c.Burst == 0 {
+		c.Burst = 400
+	}
+	for i := range c.Agents {
+		for j := range c.Agents[i].Bindings {
+			c.Agents[i].Bindings[j].Exe = c.resolve(c.Agents[i].Bindings[j].Exe)
+		}
+		if c.Agents[i].DisplayName == "" {
+			c.Agents[i].DisplayName = c.Agents[i].Name
+		}
+	}
+	return nil
+}
+
+func (c *Config) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.Path), p)
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if !strings.HasPrefix(c.Authority, "https://") {
+		errs = append(errs, fmt.Errorf("authority: must be an https URL like https://login.microsoftonline.com/<tenant id>"))
+	}
+	if !guidRE.MatchString(c.ClientID) {
+		errs = append(errs, fmt.Errorf("client_id: must be an application (client) id GUID"))
+	}
+	if !guidRE.MatchString(c.BlueprintAppID) {
+		errs = append(errs, fmt.Errorf("blueprint_app_id: must be a GUID"))
+	}
+	if c.SecretStore != "os" && c.SecretStore != "file" {
+		errs = append(errs, fmt.Errorf(`secret_store: must be "os" or "file", not %q`, c.SecretStore))
+	}
+	if c.RateLimit < 0 || c.Burst < 0 {
+		errs = append(errs, errors.New("rate_limit and burst must not be negative"))
+	}
+	seen := map[string]bool{}
+	for i, a := range c.Agents {
+		where := fmt.Sprintf("agent[%d]", i)
+		if !nameRE.MatchString(a.Name) {
+			errs = append(errs, fmt.Errorf("%s.name: %q must be lower-case letters, digits, '.', '_' or '-'", where, a.Name))
+		}
+		if seen[a.Name] {
+			errs = append(errs, fmt.Errorf("%s.name: %q is defined twice", where, a.Name))
+		}
+		seen[a.Name] = true
+		if !guidRE.MatchString(a.AppID) {
+			errs = append(errs, fmt.Errorf("%s.app_id: must be the agent identity's app id (GUID)", where))
+		}
+		for j, b := range a.Bindings {
+			if !filepath.IsAbs(b.Exe) {
+				errs = append(errs, fmt.Errorf("%s.binding[%d].exe: must be an absolute path", where, j))
+			}
+			if !sha256RE.MatchString(b.SHA256) {
+				errs = append(errs, fmt.Errorf("%s.binding[%d].sha256: must be 64 lower-case hex digits", where, j))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Agent returns the named agent.
+func (c *Config) Agent(name string) (Agent, bool) {
+	for _, a := range c.Agents {
+		if a.Name == name {
+			return a, true
+		}
+	}
+	return Agent{}, false
+}
+
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "agentidd"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("finding the home directory: %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "agentidd"), nil
+}
