@@ -1,0 +1,590 @@
+// Package cache is agentidd's serving cache: the fast path of DESIGN.md §2 and the time, refresh, offline and
+// revocation rules of §6.
+//
+// # Contract
+//
+// A token is served (Lookup, Get) only while it has at least the caller's minimum lifetime left, measured on the wall
+// clock with the monotonic reading stripped. Go's monotonic clock stops while a laptop sleeps, so a token whose expiry
+// passed during a suspend is never served, however little time the process itself saw pass.
+//
+// Get deduplicates concurrent misses per key (singleflight). The shared fetch runs on a context detached from every
+// caller, with Options.FetchTimeout: a caller that gives up gets ctx.Err() and the others still get the token.
+//
+// Tokens used within Options.RefreshWindow, or watched, are refreshed ahead of expiry at Token.RefreshAt with ±Jitter,
+// by one scheduler goroutine (a single timer over a min-heap) and at most Options.MaxConcurrentRefresh fetches at once.
+// Unused tokens are not refreshed; they are dropped when they expire, which bounds memory.
+//
+// # Refresh failures
+//
+//   - Transient: the still-valid token keeps being served, the cache reports itself offline (Online, Stats) and the
+//     refresh is retried with capped exponential backoff and jitter until it succeeds or the token expires.
+//   - Other (neither the network's nor the IdP's verdict, e.g. a bug): retried like Transient, but Online is unchanged,
+//     because the IdP may well be reachable.
+//   - Permanent: the key is purged at once, its watchers get Event{Revoked: true}, and Options.OnPermanent is called
+//     (outside every lock) so the owner can purge more widely (all of a user's or an agent's tokens).
+//   - Interaction: the token stays and is served until it expires, because it is still valid and cutting an agent off
+//     mid-task would gain nothing: the IdP wants the user to act before it issues the next one, not a revocation. The
+//     cache stops retrying (retrying cannot help until the user acts), tells watchers with Event{InteractionRequired:
+//     true} carrying the still-valid token, and drops the entry at expiry; the next Get then fetches and the caller
+//     sees the interaction error itself.
+//
+// # Revocation
+//
+// Purge, PurgeUser, PurgeAgent, PurgeGrant and PurgeAll remove the matching tokens and notify their watchers before
+// they return. A fetch that was in flight when a purge touching its key began is not stored and its waiters get
+// ErrPurged, even if the fetch finishes afterwards: a token minted under a grant being revoked must not outlive the
+// revocation. Every purge takes a new epoch; each fetch remembers the epoch it started in and checks the purges since
+// when it finishes.
+//
+// Cached tokens are shared: a Token handed to or returned by this package must never be mutated (its Scopes and Meta
+// are not copied).
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Token is one access token as served. Immutable once cached: never mutate it or its Scopes and Meta.
+type Token struct {
+	AccessToken string `json:"access_token"`
+	// ExpiresAt is the local receive time plus expires_in, wall clock only (t.Round(0)), which tolerates a wrong system
+	// clock better than the token's own exp claim.
+	ExpiresAt time.Time `json:"expires_at"`
+	// RefreshAt is when to refresh ahead: from refresh_in when the IdP sent it, else IssuedAt + 75% of the lifetime
+	// (filled in when zero). The scheduler applies the jitter.
+	RefreshAt time.Time         `json:"refresh_at"`
+	IssuedAt  time.Time         `json:"issued_at"`
+	Scopes    []string          `json:"scopes,omitempty"`
+	GrantID   string            `json:"grant_id,omitempty"`
+	Meta      map[string]string `json:"meta,omitempty"` // the owner's principal details, opaque here
+}
+
+// Entry is one cached token with its key, as Snapshot returns it for persisting.
+type Entry struct {
+	Key   Key
+	Token Token
+}
+
+// Source says where Get found the token.
+type Source string
+
+const (
+	SourceCache Source = "cache"
+	SourceIDP   Source = "idp"
+)
+
+// Class is what a fetch error means to the cache. The owner maps its IdP classifier onto it (Options.Classify).
+type Class int
+
+const (
+	Other Class = iota
+	Transient
+	Permanent
+	Interaction
+)
+
+func (c Class) String() string {
+	switch c {
+	case Transient:
+		return "transient"
+	case Permanent:
+		return "permanent"
+	case Interaction:
+		return "interaction_required"
+	default:
+		return "other"
+	}
+}
+
+// Fetcher performs the IdP exchange for k. Its errors are returned to Get's callers unchanged.
+type Fetcher func(ctx context.Context, k Key) (Token, error)
+
+// Backoff bounds the retry delay after transient failures: Min doubling per failure up to Max, with jitter.
+type Backoff struct {
+	Min time.Duration
+	Max time.Duration
+}
+
+// Delay is the wait before retry number n (0 for the first retry): min(Max, Min·2ⁿ) with "equal jitter", i.e. a uniform
+// pick in its upper half. Keeping the lower half out guarantees the delay grows, while the upper half de-synchronizes
+// many entries failing at the same moment.
+func (b Backoff) Delay(n int) time.Duration {
+	d := b.Min
+	for i := 0; i < n && d < b.Max; i++ {
+		d *= 2
+	}
+	d = min(d, b.Max)
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// Options configures a Cache. Every field has a default.
+type Options struct {
+	Now   func() time.Time // wall clock; default time.Now
+	Fetch Fetcher
+	// RefreshWindow: only tokens used (or watched) within this window are refreshed ahead. Default 15m.
+	RefreshWindow time.Duration
+	// Jitter is the ± fraction of the time-to-refresh applied to each refresh time. Default 0.1; negative disables it;
+	// capped at 0.5.
+	Jitter float64
+	// Classify maps fetch errors to classes; default: every error is Other.
+	Classify func(error) Class
+	// OnPermanent runs after a refresh failed permanently and k was purged; no cache lock is held, so it may purge more.
+	OnPermanent func(k Key, err error)
+	// RetryAfter optionally extracts the IdP's requested delay (429 Retry-After); it is a floor for the backoff.
+	RetryAfter func(error) time.Duration
+	// Backoff for transient refresh failures. Default 1s to 5m.
+	Backoff Backoff
+	// MaxConcurrentRefresh caps background refreshes in flight, so a thousand tokens due at once cannot become a storm.
+	// Default 4.
+	MaxConcurrentRefresh int
+	// FetchTimeout bounds each fetch, which runs detached from its callers' contexts. Default 30s.
+	FetchTimeout time.Duration
+	// After replaces time.After for the scheduler's sleeps (tests drive it with a fake clock). Default: a real timer.
+	After func(time.Duration) <-chan time.Time
+	Log   *slog.Logger
+}
+
+var (
+	// ErrTooShort: the IdP issued a token with less than the requested minimum lifetime left.
+	ErrTooShort = errors.New("cache: the identity provider issued a token shorter than the requested minimum lifetime")
+	// ErrPurged: the key was purged (revoked) while its token was being fetched; the token was discarded. The caller
+	// should re-check authorization before asking again.
+	ErrPurged = errors.New("cache: the token was revoked while it was being fetched")
+	// ErrNoFetcher: Get missed and Options.Fetch is nil.
+	ErrNoFetcher = errors.New("cache: no fetcher configured")
+	// ErrInvalidToken: the fetcher returned a token without an access token or expiry.
+	ErrInvalidToken = errors.New("cache: the fetcher returned a token without an access token or expiry")
+)
+
+const (
+	// maxSleep bounds every scheduler sleep. Timers run on the monotonic clock, which stops during suspend; waking at
+	// least this often lets the scheduler notice that wall-clock time jumped and act on what fell due.
+	maxSleep = time.Minute
+	// touchEvery limits how often a hit writes the entry's last-used time, so parallel hits on one hot key do not all
+	// write the same cache line.
+	touchEvery = int64(time.Second)
+	// purgeLogSize is how many recent purges in-flight fetches can be checked against. A fetch that outlives more
+	// purges than this is discarded conservatively.
+	purgeLogSize = 256
+)
+
+// Cache is the serving cache. Create it with New; it is safe for concurrent use.
+type Cache struct {
+	now          func() time.Time
+	fetch        Fetcher
+	window       time.Duration
+	jitter       float64
+	classify     func(error) Class
+	onPermanent  func(Key, error)
+	retryAfter   func(error) time.Duration
+	backoff      Backoff
+	fetchTimeout time.Duration
+	after        func(time.Duration) <-chan time.Time
+	log          *slog.Logger
+
+	sem     chan struct{} // one slot per background refresh in flight
+	wake    chan struct{} // nudges the scheduler: new earliest due time, or a refresh slot freed
+	started atomic.Bool
+	wg      sync.WaitGroup
+
+	mu      sync.RWMutex
+	entries map[string]*entry
+	byUser  map[string]map[string]*entry
+	byAgent map[string]map[string]*entry
+	byGrant map[string]map[string]*entry
+	heap    dueHeap
+	flights map[string]*call
+	subs    map[string]*subGroup
+	epoch   uint64 // number of purges so far
+	purges  [purgeLogSize]purgeRec
+
+	online       bool
+	failures     int // consecutive transient fetch failures, for the offline retry hint
+	lastErrClass string
+	lastErr      time.Time
+	retryAt      time.Time
+}
+
+type entry struct {
+	id          string
+	key         Key
+	tok         Token
+	gen         uint64       // bumped on every new token, so a late refresh result can tell it is stale
+	lastUsed    atomic.Int64 // wall-clock UnixNano of the latest hit; 0 when never used
+	due         time.Time    // next scheduler action: refresh, retry, or drop at expiry
+	heapIdx     int          // -1 while a refresh is running
+	failures    int          // consecutive failed refreshes of this token
+	interaction bool         // the IdP wants the user to act: serve until expiry, do not refresh
+}
+
+// call is one in-flight fetch shared by every Get for the same key.
+type call struct {
+	done       chan struct{}
+	waiters    int
+	tok        Token
+	err        error
+	class      Class
+	startEpoch uint64 // purges up to here happened before the fetch began
+	doneEpoch  uint64 // purges up to here were checked when the fetch finished
+}
+
+// New returns a Cache. Call Start to run the refresh scheduler.
+func New(o Options) *Cache {
+	c := &Cache{
+		now:          o.Now,
+		fetch:        o.Fetch,
+		window:       o.RefreshWindow,
+		jitter:       o.Jitter,
+		classify:     o.Classify,
+		onPermanent:  o.OnPermanent,
+		retryAfter:   o.RetryAfter,
+		backoff:      o.Backoff,
+		fetchTimeout: o.FetchTimeout,
+		after:        o.After,
+		log:          o.Log,
+		entries:      make(map[string]*entry),
+		byUser:       make(map[string]map[string]*entry),
+		byAgent:      make(map[string]map[string]*entry),
+		byGrant:      make(map[string]map[string]*entry),
+		flights:      make(map[string]*call),
+		subs:         make(map[string]*subGroup),
+		wake:         make(chan struct{}, 1),
+		online:       true,
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.window <= 0 {
+		c.window = 15 * time.Minute
+	}
+	switch {
+	case c.jitter == 0:
+		c.jitter = 0.1
+	case c.jitter < 0:
+		c.jitter = 0
+	case c.jitter > 0.5:
+		c.jitter = 0.5
+	}
+	if c.classify == nil {
+		c.classify = func(error) Class { return Other }
+	}
+	if c.backoff.Min <= 0 {
+		c.backoff.Min = time.Second
+	}
+	if c.backoff.Max < c.backoff.Min {
+		c.backoff.Max = max(5*time.Minute, c.backoff.Min)
+	}
+	if c.fetchTimeout <= 0 {
+		c.fetchTimeout = 30 * time.Second
+	}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	n := o.MaxConcurrentRefresh
+	if n <= 0 {
+		n = 4
+	}
+	c.sem = make(chan struct{}, n)
+	return c
+}
+
+// wallNow is the injected clock with the monotonic reading stripped: every expiry comparison is on the wall clock.
+func (c *Cache) wallNow() time.Time { return c.now().Round(0) }
+
+// usable reports whether t may be served at now to a caller that needs minTTL.
+func usable(t *Token, now time.Time, minTTL time.Duration) bool {
+	left := t.ExpiresAt.Sub(now)
+	return left > 0 && left >= minTTL
+}
+
+func (e *entry) touch(now time.Time) {
+	n := now.UnixNano()
+	if n-e.lastUsed.Load() >= touchEvery {
+		e.lastUsed.Store(n)
+	}
+}
+
+// Lookup is the fast path: a map lookup under a read lock and an expiry check, no I/O and no allocation. A hit marks the
+// entry used, which is what makes it eligible for refresh ahead.
+func (c *Cache) Lookup(k Key, minTTL time.Duration) (Token, bool) {
+	var buf [256]byte
+	id := appendID(buf[:0], k)
+	now := c.wallNow()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e := c.entries[string(id)]
+	if e == nil || !usable(&e.tok, now, minTTL) {
+		return Token{}, false
+	}
+	e.touch(now)
+	return e.tok, true
+}
+
+// Get returns a token for k with at least minTTL left: from the cache unless force, else from one fetch shared by every
+// concurrent Get for k. See the package doc for cancellation and purge semantics.
+func (c *Cache) Get(ctx context.Context, k Key, minTTL time.Duration, force bool) (Token, Source, error) {
+	if !force {
+		if t, ok := c.Lookup(k, minTTL); ok {
+			return t, SourceCache, nil
+		}
+	}
+	if c.fetch == nil {
+		return Token{}, "", ErrNoFetcher
+	}
+	if err := ctx.Err(); err != nil {
+		return Token{}, "", err
+	}
+	id := k.ID()
+	now := c.wallNow()
+	c.mu.Lock()
+	// Check again under the write lock: a fetch for k may have finished between Lookup and here, and starting a second
+	// one would break "one fetch per burst of misses".
+	if e := c.entries[id]; !force && e != nil && usable(&e.tok, now, minTTL) {
+		e.touch(now)
+		t := e.tok
+		c.mu.Unlock()
+		return t, SourceCache, nil
+	}
+	cl := c.joinLocked(context.WithoutCancel(ctx), k, id, minTTL, true)
+	c.mu.Unlock()
+
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		return Token{}, "", ctx.Err()
+	}
+	if cl.err != nil {
+		return Token{}, "", cl.err
+	}
+	c.mu.RLock()
+	purged := c.purgedSinceLocked(cl.doneEpoch, k, id, cl.tok.GrantID)
+	c.mu.RUnlock()
+	if purged {
+		return Token{}, "", ErrPurged
+	}
+	if !usable(&cl.tok, c.wallNow(), minTTL) {
+		return Token{}, "", ErrTooShort
+	}
+	return cl.tok, SourceIDP, nil
+}
+
+// joinLocked returns the in-flight fetch for id, starting one if there is none. storeMin is the lifetime a new token
+// needs to be worth caching; fromGet marks the result as used (a refresh does not count as use).
+func (c *Cache) joinLocked(parent context.Context, k Key, id string, storeMin time.Duration, fromGet bool) *call {
+	if cl := c.flights[id]; cl != nil {
+		cl.waiters++
+		return cl
+	}
+	cl := &call{done: make(chan struct{}), waiters: 1, startEpoch: c.epoch}
+	c.flights[id] = cl
+	go c.runFlight(parent, k, id, cl, storeMin, fromGet)
+	return cl
+}
+
+func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, storeMin time.Duration, fromGet bool) {
+	ctx, cancel := context.WithTimeout(parent, c.fetchTimeout)
+	tok, err := c.safeFetch(ctx, k)
+	cancel()
+	now := c.wallNow()
+	if err == nil && (tok.AccessToken == "" || tok.ExpiresAt.IsZero()) {
+		err = ErrInvalidToken
+	}
+
+	var class Class
+	c.mu.Lock()
+	if c.flights[id] == cl {
+		delete(c.flights, id)
+	}
+	switch {
+	case err != nil:
+		class = c.classify(err)
+		c.noteErrorLocked(class, now)
+		tok = Token{}
+	case c.purgedSinceLocked(cl.startEpoch, k, id, tok.GrantID):
+		err, tok = ErrPurged, Token{}
+		c.noteSuccessLocked()
+	default:
+		tok = normalize(tok, now)
+		if usable(&tok, now, storeMin) {
+			c.storeLocked(k, id, tok, now, fromGet)
+		}
+		c.noteSuccessLocked()
+	}
+	cl.tok, cl.err, cl.class, cl.doneEpoch = tok, err, class, c.epoch
+	close(cl.done)
+	c.mu.Unlock()
+	if err != nil && !errors.Is(err, ErrPurged) {
+		c.log.Warn("token fetch failed", append(keyAttrs(k), "class", class.String())...)
+	}
+}
+
+// safeFetch keeps a panicking fetcher from taking the daemon down with every waiter still blocked on it.
+func (c *Cache) safeFetch(ctx context.Context, k Key) (tok Token, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("token fetcher panicked", append(keyAttrs(k), "panic", fmt.Sprint(r))...)
+			tok, err = Token{}, errors.New("cache: token fetcher panicked")
+		}
+	}()
+	return c.fetch(ctx, k)
+}
+
+// normalize strips monotonic readings and fills IssuedAt and RefreshAt when the fetcher left them out or they make no
+// sense (a refresh time outside the token's lifetime).
+func normalize(t Token, now time.Time) Token {
+	t.ExpiresAt = t.ExpiresAt.Round(0)
+	t.IssuedAt = t.IssuedAt.Round(0)
+	t.RefreshAt = t.RefreshAt.Round(0)
+	if t.IssuedAt.IsZero() || t.IssuedAt.After(t.ExpiresAt) {
+		t.IssuedAt = now
+	}
+	if t.RefreshAt.IsZero() || t.RefreshAt.Before(t.IssuedAt) || !t.RefreshAt.Before(t.ExpiresAt) {
+		t.RefreshAt = t.IssuedAt.Add(t.ExpiresAt.Sub(t.IssuedAt) * 3 / 4)
+	}
+	return t
+}
+
+// Put stores t for k as it is, e.g. when restoring from the encrypted store at start. An expired token is ignored. A
+// restored token is not marked used: it is refreshed ahead only once someone uses or watches it.
+func (c *Cache) Put(k Key, t Token) {
+	if t.AccessToken == "" || t.ExpiresAt.IsZero() {
+		return
+	}
+	now := c.wallNow()
+	t = normalize(t, now)
+	if !usable(&t, now, 0) {
+		return
+	}
+	c.mu.Lock()
+	c.storeLocked(k, k.ID(), t, now, false)
+	c.mu.Unlock()
+}
+
+// storeLocked installs tok as the current token for id, indexes it, schedules it and tells the watchers.
+func (c *Cache) storeLocked(k Key, id string, tok Token, now time.Time, used bool) {
+	e := c.entries[id]
+	if e == nil {
+		e = &entry{id: id, key: k, heapIdx: -1}
+		c.entries[id] = e
+		addIndex(c.byUser, k.UserOID, e)
+		addIndex(c.byAgent, k.AgentAppID, e)
+	} else if e.tok.GrantID != tok.GrantID {
+		delIndex(c.byGrant, e.tok.GrantID, e)
+	}
+	if tok.GrantID != "" {
+		addIndex(c.byGrant, tok.GrantID, e)
+	}
+	e.tok = tok
+	e.gen++
+	e.failures = 0
+	e.interaction = false
+	if used {
+		e.lastUsed.Store(now.UnixNano())
+	}
+	c.scheduleLocked(e, c.refreshDue(&e.tok, now))
+	c.notifyLocked(id, Event{Token: &tok})
+}
+
+// refreshDue picks the jittered refresh time: RefreshAt ± Jitter × (time until RefreshAt), never before now and never in
+// the second half of what is left after RefreshAt, so jitter cannot push a refresh past expiry.
+func (c *Cache) refreshDue(t *Token, now time.Time) time.Time {
+	due := t.RefreshAt
+	if d := t.RefreshAt.Sub(now); d > 0 && c.jitter > 0 {
+		due = due.Add(time.Duration((rand.Float64()*2 - 1) * c.jitter * float64(d)))
+	}
+	if latest := t.RefreshAt.Add(t.ExpiresAt.Sub(t.RefreshAt) / 2); due.After(latest) {
+		due = latest
+	}
+	if due.Before(now) {
+		due = now
+	}
+	return due
+}
+
+func (c *Cache) noteSuccessLocked() {
+	c.online = true
+	c.failures = 0
+	c.retryAt = time.Time{}
+}
+
+func (c *Cache) noteErrorLocked(class Class, now time.Time) {
+	c.lastErrClass = class.String()
+	c.lastErr = now
+	if class == Transient {
+		c.online = false
+		c.retryAt = now.Add(c.backoff.Delay(c.failures))
+		c.failures++
+	}
+}
+
+func addIndex(ix map[string]map[string]*entry, v string, e *entry) {
+	m := ix[v]
+	if m == nil {
+		m = make(map[string]*entry)
+		ix[v] = m
+	}
+	m[e.id] = e
+}
+
+func delIndex(ix map[string]map[string]*entry, v string, e *entry) {
+	if m := ix[v]; m != nil {
+		delete(m, e.id)
+		if len(m) == 0 {
+			delete(ix, v)
+		}
+	}
+}
+
+// Snapshot returns every entry still valid now, for persisting.
+func (c *Cache) Snapshot() []Entry {
+	now := c.wallNow()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Entry, 0, len(c.entries))
+	for _, e := range c.entries {
+		if usable(&e.tok, now, 0) {
+			out = append(out, Entry{Key: e.key, Token: e.tok})
+		}
+	}
+	return out
+}
+
+// Stats is a point-in-time summary for the status command.
+type Stats struct {
+	Entries        int
+	NextRefresh    time.Time // the scheduler's next action (a refresh, a retry, or dropping an expired token)
+	Online         bool
+	LastErrorClass string
+	LastError      time.Time
+	RetryAt        time.Time
+}
+
+func (c *Cache) Stats() Stats {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	s := Stats{Entries: len(c.entries), Online: c.online, LastErrorClass: c.lastErrClass, LastError: c.lastErr, RetryAt: c.retryAt}
+	if len(c.heap) > 0 {
+		s.NextRefresh = c.heap[0].due
+	}
+	return s
+}
+
+// Online reports whether the IdP answered the latest fetch, and, when it did not, when the cache will next try.
+func (c *Cache) Online() (bool, time.Time) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.online, c.retryAt
+}
+
+// keyAttrs names a key in logs by ids only; the claims challenge is represented by its hash already.
+func keyAttrs(k Key) []any {
+	return []any{"user_oid", k.UserOID, "agent", k.AgentAppID, "mode", k.Mode, "resource", k.Resource}
+}
