@@ -493,8 +493,8 @@ func (c *Cache) storeLocked(k Key, id string, tok Token, now time.Time, used boo
 	c.notifyLocked(id, Event{Token: &tok})
 }
 
-// refreshDue picks the jittered refresh time: RefreshAt ± Jitter × (time until RefreshAt), never before now and never in
-// the second half of what is left after RefreshAt, so jitter cannot push a refresh past expiry.
+// refreshDue picks the jittered refresh time: RefreshAt ± Jitter × (time until RefreshAt), never in the second half of
+// what is left after RefreshAt (so jitter cannot push a refresh past expiry) and never sooner than Backoff.Min from now.
 func (c *Cache) refreshDue(t *Token, now time.Time) time.Time {
 	due := t.RefreshAt
 	if d := t.RefreshAt.Sub(now); d > 0 && c.jitter > 0 {
@@ -503,8 +503,10 @@ func (c *Cache) refreshDue(t *Token, now time.Time) time.Time {
 	if latest := t.RefreshAt.Add(t.ExpiresAt.Sub(t.RefreshAt) / 2); due.After(latest) {
 		due = latest
 	}
-	if due.Before(now) {
-		due = now
+	// A token that is already due (a short lifetime, or restored late) waits at least Backoff.Min, so a token that
+	// arrives due cannot make the scheduler refresh it in a tight loop.
+	if earliest := now.Add(c.backoff.Min); due.Before(earliest) {
+		due = earliest
 	}
 	return due
 }
