@@ -275,8 +275,8 @@ func TestRefreshAheadOnlyRecentlyUsed(t *testing.T) {
 	if got, _ := h.c.Lookup(used, 0); got.AccessToken == "used-0" {
 		t.Error("the used token was not replaced")
 	}
-	if h.idp.starts[0] != t0.Add(45*time.Minute) {
-		t.Errorf("refresh started at %v, want RefreshAt", h.idp.starts[0])
+	if h.idp.fetchStarts()[0] != t0.Add(45*time.Minute) {
+		t.Errorf("refresh started at %v, want RefreshAt", h.idp.fetchStarts()[0])
 	}
 	if got, ok := h.c.Lookup(idle, 0); !ok || got.AccessToken != "idle-0" {
 		t.Error("the idle token must be kept, unrefreshed, until it expires")
@@ -318,8 +318,9 @@ func TestRefreshSpreadAndConcurrencyCap(t *testing.T) {
 	if c := h.idp.calls.Load(); c != n {
 		t.Fatalf("refreshes = %d, want %d", c, n)
 	}
-	first := slices.MinFunc(h.idp.starts, time.Time.Compare)
-	last := slices.MaxFunc(h.idp.starts, time.Time.Compare)
+	starts := h.idp.fetchStarts()
+	first := slices.MinFunc(starts, time.Time.Compare)
+	last := slices.MaxFunc(starts, time.Time.Compare)
 	if first.Before(lo.Add(-5*time.Second)) || last.After(hi.Add(5*time.Second)) {
 		t.Errorf("refreshes ran from %v to %v, outside the jitter window", first.Sub(t0), last.Sub(t0))
 	}
@@ -328,7 +329,7 @@ func TestRefreshSpreadAndConcurrencyCap(t *testing.T) {
 	}
 	// No single 5 s step may carry much more than its share (5000 over 108 steps ≈ 46).
 	perStep := map[time.Time]int{}
-	for _, s := range h.idp.starts {
+	for _, s := range starts {
 		perStep[s]++
 	}
 	for at, c := range perStep {
@@ -394,11 +395,14 @@ func TestTransientRefreshBackoff(t *testing.T) {
 }
 
 func TestPermanentRefreshPurges(t *testing.T) {
-	var gotKey Key
-	var gotErr error
+	type call struct {
+		k   Key
+		err error
+	}
+	calls := make(chan call, 1)
 	h := newHarness(t, true, func(o *Options) {
 		o.Jitter = -1
-		o.OnPermanent = func(k Key, err error) { gotKey, gotErr = k, err }
+		o.OnPermanent = func(k Key, err error) { calls <- call{k, err} }
 	})
 	k := testKey(1)
 	h.c.Put(k, tokenAt(t0, time.Hour, "doomed"))
@@ -416,8 +420,13 @@ func TestPermanentRefreshPurges(t *testing.T) {
 	if ev := recv(t, w); !ev.Revoked || ev.Token != nil || ev.Reason == "" {
 		t.Errorf("watcher event = %+v, want revoked with a reason", ev)
 	}
-	if gotKey.ID() != k.ID() || !errors.Is(gotErr, errPermanent) {
-		t.Errorf("OnPermanent(%v, %v)", gotKey, gotErr)
+	select {
+	case got := <-calls:
+		if got.k.ID() != k.ID() || !errors.Is(got.err, errPermanent) {
+			t.Errorf("OnPermanent(%v, %v)", got.k, got.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnPermanent not called")
 	}
 	if online, _ := h.c.Online(); !online {
 		t.Error("a permanent failure is not an outage")

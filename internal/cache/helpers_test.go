@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +59,13 @@ func (f *fakeClock) Set(t time.Time) {
 		}
 	}
 	f.waiters = kept
+}
+
+// fetchStarts returns the fake times at which fetches began.
+func (p *fakeIdP) fetchStarts() []time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.starts)
 }
 
 // fakeIdP hands out numbered tokens living `life` from the fake clock's now, or the error err returns.
@@ -144,7 +153,7 @@ func newHarness(t *testing.T, start bool, tweak func(*Options)) *harness {
 	t.Helper()
 	clk := newFakeClock()
 	idp := &fakeIdP{clk: clk, life: time.Hour}
-	o := Options{Now: clk.Now, After: clk.After, Fetch: idp.fetch, Classify: fakeClassify}
+	o := Options{Now: clk.Now, After: clk.After, Fetch: idp.fetch, Classify: fakeClassify, Log: slog.New(slog.DiscardHandler)}
 	if tweak != nil {
 		tweak(&o)
 	}
