@@ -6,7 +6,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"unicode"
 )
 
@@ -103,6 +105,38 @@ func OpenSecretStore(kind string, stateDir string) (SecretStore, error) {
 	default:
 		return nil, fmt.Errorf("secret store: unknown secret_store %q (want %q or %q)", kind, SecretStoreOS, SecretStoreFile)
 	}
+}
+
+// The per-OS package (platform/linux, platform/darwin, platform/windows)
+// registers its secret store constructor from init: those packages import
+// platform for the types, so platform cannot import them.
+var (
+	secretStoreMu  sync.Mutex
+	newSecretStore func(stateDir string) (SecretStore, error)
+)
+
+// RegisterOSSecretStore is called by the per-OS platform package in its init.
+func RegisterOSSecretStore(fn func(stateDir string) (SecretStore, error)) {
+	secretStoreMu.Lock()
+	defer secretStoreMu.Unlock()
+	newSecretStore = fn
+}
+
+// newOSSecretStore returns the registered OS backend. Without one (no OS
+// package linked in, or an OS agentidd does not support) the file backend
+// is the only choice, and it must be chosen explicitly.
+func newOSSecretStore(stateDir string) (SecretStore, error) {
+	secretStoreMu.Lock()
+	fn := newSecretStore
+	secretStoreMu.Unlock()
+	if fn == nil {
+		return nil, &SecretStoreUnavailableError{
+			Backend: "OS secret store",
+			Reason:  "no OS secret store support is linked in for " + runtime.GOOS,
+			Remedy:  `set secret_store = "file" in agentidd's config (see docs/secrets.md)`,
+		}
+	}
+	return fn(stateDir)
 }
 
 // ProbeSecretStore does a harmless read so the daemon can find out at

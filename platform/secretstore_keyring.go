@@ -6,31 +6,37 @@ import (
 	"fmt"
 )
 
-// stringKeyring is what each OS keyring adapter provides: go-keyring's
-// string-valued API under one service name, with errors already mapped to
-// ErrSecretNotFound and *SecretStoreUnavailableError.
-type stringKeyring interface {
-	get(item string) (string, error)
-	set(item, value string) error
-	del(item string) error // ErrSecretNotFound when absent
-	describe() string
+// KeyringBackend is what an OS package provides for a string-valued keyring
+// (go-keyring over Secret Service, Keychain or Credential Manager), with its
+// errors already mapped to ErrSecretNotFound and *SecretStoreUnavailableError.
+type KeyringBackend interface {
+	KeyringGet(item string) (string, error)
+	KeyringSet(item, value string) error
+	// KeyringDelete returns ErrSecretNotFound when the item is absent.
+	KeyringDelete(item string) error
+	Describe() string
 }
 
-// keyringStore adapts a stringKeyring to SecretStore. go-keyring stores
-// strings (macOS even mangles non-UTF-8), so secrets travel as base64.
+// NewKeyringSecretStore adapts a KeyringBackend to SecretStore: it checks
+// item names and carries the bytes as base64, because go-keyring stores
+// strings and macOS's security tool mangles anything that is not plain text.
+func NewKeyringSecretStore(b KeyringBackend) SecretStore {
+	return keyringStore{kr: b}
+}
+
 type keyringStore struct {
-	kr stringKeyring
+	kr KeyringBackend
 }
 
 var _ SecretStore = keyringStore{}
 
-func (s keyringStore) Describe() string { return s.kr.describe() }
+func (s keyringStore) Describe() string { return s.kr.Describe() }
 
 func (s keyringStore) Get(item string) ([]byte, error) {
 	if err := checkItem(item); err != nil {
 		return nil, err
 	}
-	v, err := s.kr.get(item)
+	v, err := s.kr.KeyringGet(item)
 	if err != nil {
 		return nil, fmt.Errorf("secret store: get %q: %w", item, err)
 	}
@@ -46,7 +52,7 @@ func (s keyringStore) Set(item string, secret []byte) error {
 	if err := checkItem(item); err != nil {
 		return err
 	}
-	if err := s.kr.set(item, base64.StdEncoding.EncodeToString(secret)); err != nil {
+	if err := s.kr.KeyringSet(item, base64.StdEncoding.EncodeToString(secret)); err != nil {
 		return fmt.Errorf("secret store: set %q: %w", item, err)
 	}
 	return nil
@@ -56,7 +62,7 @@ func (s keyringStore) Delete(item string) error {
 	if err := checkItem(item); err != nil {
 		return err
 	}
-	err := s.kr.del(item)
+	err := s.kr.KeyringDelete(item)
 	if err == nil || errors.Is(err, ErrSecretNotFound) {
 		return nil
 	}

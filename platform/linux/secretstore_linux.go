@@ -15,28 +15,22 @@ import (
 
 	dbus "github.com/godbus/dbus/v5"
 	keyring "github.com/zalando/go-keyring"
+
+	"github.com/agentidd/agentidd/platform"
 )
 
-// ErrSecretNotFound is returned (wrapped) when the item does not exist.
-var ErrSecretNotFound = errors.New("secret not found in the Secret Service")
-
-// SecretServiceUnavailableError reports that the Secret Service cannot be
-// used right now, with what to do about it. Package platform turns it into
-// its SecretStoreUnavailableError.
-type SecretServiceUnavailableError struct {
-	Reason string
-	Remedy string
-	Err    error
+func init() {
+	platform.RegisterOSSecretStore(func(string) (platform.SecretStore, error) {
+		return platform.NewKeyringSecretStore(&SecretService{Service: platform.SecretService}), nil
+	})
 }
 
-func (e *SecretServiceUnavailableError) Error() string {
-	if e.Err != nil {
-		return e.Reason + ": " + e.Err.Error()
-	}
-	return e.Reason
-}
+// backendName is SecretStoreUnavailableError.Backend for this package.
+const backendName = "Secret Service"
 
-func (e *SecretServiceUnavailableError) Unwrap() error { return e.Err }
+func unavailable(reason, remedy string, err error) error {
+	return &platform.SecretStoreUnavailableError{Backend: backendName, Reason: reason, Remedy: remedy, Err: err}
+}
 
 const (
 	secretsName      = "org.freedesktop.secrets"
@@ -92,8 +86,10 @@ type SecretService struct {
 	provider string // process name of the Secret Service, once seen
 }
 
-// Get returns the value of item.
-func (s *SecretService) Get(item string) (string, error) {
+var _ platform.KeyringBackend = (*SecretService)(nil)
+
+// KeyringGet returns the value of item, or platform.ErrSecretNotFound.
+func (s *SecretService) KeyringGet(item string) (string, error) {
 	var v string
 	err := s.do(func() error {
 		var err error
@@ -103,14 +99,23 @@ func (s *SecretService) Get(item string) (string, error) {
 	return v, err
 }
 
-// Set stores value under item, replacing any previous value.
-func (s *SecretService) Set(item, value string) error {
+// KeyringSet stores value under item, replacing any previous value.
+func (s *SecretService) KeyringSet(item, value string) error {
 	return s.do(func() error { return keyring.Set(s.Service, item, value) })
 }
 
-// Delete removes item; ErrSecretNotFound when it is absent.
-func (s *SecretService) Delete(item string) error {
+// KeyringDelete removes item; platform.ErrSecretNotFound when it is absent.
+func (s *SecretService) KeyringDelete(item string) error {
 	return s.do(func() error { return keyring.Delete(s.Service, item) })
+}
+
+// Describe names the backend and, once reached, the program behind it:
+// "Secret Service (gnome-keyring)".
+func (s *SecretService) Describe() string {
+	if p := s.Provider(); p != "" {
+		return backendName + " (" + p + ")"
+	}
+	return backendName
 }
 
 // Provider names the program behind org.freedesktop.secrets, e.g.
@@ -142,10 +147,7 @@ func (s *SecretService) do(op func() error) error {
 	case err := <-done:
 		return classify(err)
 	case <-ctx.Done():
-		return &SecretServiceUnavailableError{
-			Reason: fmt.Sprintf("the Secret Service did not answer within %s", s.timeout()),
-			Remedy: remedyTimeout,
-		}
+		return unavailable(fmt.Sprintf("the Secret Service did not answer within %s", s.timeout()), remedyTimeout, nil)
 	}
 }
 
@@ -155,14 +157,14 @@ func (s *SecretService) preflight(ctx context.Context) error {
 	// NoAutoStartup: never spawn dbus-launch from a daemon.
 	conn, err := dbus.SessionBusPrivateNoAutoStartup(dbus.WithContext(ctx))
 	if err != nil {
-		return &SecretServiceUnavailableError{Reason: "no D-Bus session bus", Remedy: remedyNoBus, Err: err}
+		return unavailable("no D-Bus session bus", remedyNoBus, err)
 	}
 	defer conn.Close()
 	if err := conn.Auth(nil); err != nil {
-		return &SecretServiceUnavailableError{Reason: "cannot authenticate to the D-Bus session bus", Remedy: remedyNoBus, Err: err}
+		return unavailable("cannot authenticate to the D-Bus session bus", remedyNoBus, err)
 	}
 	if err := conn.Hello(); err != nil {
-		return &SecretServiceUnavailableError{Reason: "the D-Bus session bus did not answer", Remedy: remedyNoBus, Err: err}
+		return unavailable("the D-Bus session bus did not answer", remedyNoBus, err)
 	}
 
 	bus := conn.BusObject()
@@ -176,10 +178,7 @@ func (s *SecretService) preflight(ctx context.Context) error {
 			return classify(err)
 		}
 		if !slices.Contains(activatable, secretsName) {
-			return &SecretServiceUnavailableError{
-				Reason: "nothing provides " + secretsName + " on the session bus",
-				Remedy: remedyNoService,
-			}
+			return unavailable("nothing provides "+secretsName+" on the session bus", remedyNoService, nil)
 		}
 	}
 
@@ -198,7 +197,7 @@ func (s *SecretService) preflight(ctx context.Context) error {
 			return classify(err)
 		}
 		if coll == "/" || coll == "" {
-			return &SecretServiceUnavailableError{Reason: "the Secret Service has no default keyring", Remedy: remedyNoCollection}
+			return unavailable("the Secret Service has no default keyring", remedyNoCollection, nil)
 		}
 	}
 	var locked bool
@@ -206,10 +205,7 @@ func (s *SecretService) preflight(ctx context.Context) error {
 		return classify(err)
 	}
 	if locked {
-		return &SecretServiceUnavailableError{
-			Reason: fmt.Sprintf("the keyring %s is locked", collectionName(coll)),
-			Remedy: remedyLocked,
-		}
+		return unavailable(fmt.Sprintf("the keyring %s is locked", collectionName(coll)), remedyLocked, nil)
 	}
 	return nil
 }
@@ -270,14 +266,14 @@ func collectionName(p dbus.ObjectPath) string {
 	return strconv.Quote(s)
 }
 
-// classify maps go-keyring and D-Bus errors to ErrSecretNotFound or
-// *SecretServiceUnavailableError. Anything else is returned as it is.
+// classify maps go-keyring and D-Bus errors to platform.ErrSecretNotFound
+// or *platform.SecretStoreUnavailableError. Anything else is returned as it is.
 func classify(err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, keyring.ErrNotFound) {
-		return ErrSecretNotFound
+		return platform.ErrSecretNotFound
 	}
 	if errors.Is(err, keyring.ErrSetDataTooBig) {
 		return fmt.Errorf("secret too big for the Secret Service: %w", err)
@@ -293,23 +289,23 @@ func classify(err error) error {
 	}
 	switch name {
 	case errNameUnknown, errNameNoOwner:
-		return &SecretServiceUnavailableError{Reason: "nothing provides " + secretsName + " on the session bus", Remedy: remedyNoService, Err: err}
+		return unavailable("nothing provides "+secretsName+" on the session bus", remedyNoService, err)
 	case errNameIsLocked:
-		return &SecretServiceUnavailableError{Reason: "the keyring is locked", Remedy: remedyLocked, Err: err}
+		return unavailable("the keyring is locked", remedyLocked, err)
 	case errNameNoReply, errNameTimeout:
-		return &SecretServiceUnavailableError{Reason: "the Secret Service did not reply", Remedy: remedyTimeout, Err: err}
+		return unavailable("the Secret Service did not reply", remedyTimeout, err)
 	case errNameNoObject, errNameNoSuchObj:
-		return &SecretServiceUnavailableError{Reason: "the Secret Service has no default keyring", Remedy: remedyNoCollection, Err: err}
+		return unavailable("the Secret Service has no default keyring", remedyNoCollection, err)
 	case "":
 	default:
-		return &SecretServiceUnavailableError{Reason: "the Secret Service refused the request", Remedy: remedyGeneric, Err: err}
+		return unavailable("the Secret Service refused the request", remedyGeneric, err)
 	}
 	// go-keyring reports a dismissed unlock prompt with this text only.
 	if strings.Contains(err.Error(), "failed to unlock correct collection") {
-		return &SecretServiceUnavailableError{Reason: "the keyring is locked and the unlock prompt was dismissed", Remedy: remedyLocked, Err: err}
+		return unavailable("the keyring is locked and the unlock prompt was dismissed", remedyLocked, err)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return &SecretServiceUnavailableError{Reason: "the D-Bus session bus did not answer in time", Remedy: remedyTimeout, Err: err}
+		return unavailable("the D-Bus session bus did not answer in time", remedyTimeout, err)
 	}
 	return fmt.Errorf("secret service: %w", err)
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package platform
+package linux
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 	"time"
 
 	dbus "github.com/godbus/dbus/v5"
+
+	"github.com/agentidd/agentidd/platform"
 )
 
 // requireSecretService skips only when there is no session bus AND the run
@@ -42,12 +44,12 @@ func testItemPrefix(t *testing.T) string {
 
 func TestSecretServiceRoundTrip(t *testing.T) {
 	requireSecretService(t)
-	s, err := OpenSecretStore("os", t.TempDir())
+	s, err := platform.OpenSecretStore("os", t.TempDir())
 	if err != nil {
-		t.Fatalf("OpenSecretStore: %v", err)
+		t.Fatalf("platform.OpenSecretStore: %v", err)
 	}
-	if err := ProbeSecretStore(s); err != nil {
-		t.Fatalf("ProbeSecretStore: %v", err)
+	if err := platform.ProbeSecretStore(s); err != nil {
+		t.Fatalf("platform.ProbeSecretStore: %v", err)
 	}
 	if got := s.Describe(); got != "Secret Service (gnome-keyring)" {
 		t.Errorf("Describe() = %q, want %q", got, "Secret Service (gnome-keyring)")
@@ -63,9 +65,9 @@ func TestSecretServiceRoundTrip(t *testing.T) {
 		first  []byte
 		second []byte
 	}{
-		{"binary data key", prefix + DataKeyItem, key, append([]byte{0, 0xff, '\n'}, key...)},
-		{"agent secret", prefix + AgentItem("00000000-0000-0000-0000-000000000001"), []byte("s3cr3t~value"), []byte("rotated")},
-		{"blueprint secret", prefix + BlueprintItem("app"), bytes.Repeat([]byte("pem-ish "), 256), []byte{}},
+		{"binary data key", prefix + platform.DataKeyItem, key, append([]byte{0, 0xff, '\n'}, key...)},
+		{"agent secret", prefix + platform.AgentItem("00000000-0000-0000-0000-000000000001"), []byte("s3cr3t~value"), []byte("rotated")},
+		{"blueprint secret", prefix + platform.BlueprintItem("app"), bytes.Repeat([]byte("pem-ish "), 256), []byte{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,8 +87,8 @@ func TestSecretServiceRoundTrip(t *testing.T) {
 			if err := s.Delete(tc.item); err != nil {
 				t.Fatalf("Delete: %v", err)
 			}
-			if _, err := s.Get(tc.item); !errors.Is(err, ErrSecretNotFound) {
-				t.Fatalf("Get after Delete: err = %v, want ErrSecretNotFound", err)
+			if _, err := s.Get(tc.item); !errors.Is(err, platform.ErrSecretNotFound) {
+				t.Fatalf("Get after Delete: err = %v, want platform.ErrSecretNotFound", err)
 			}
 			if err := s.Delete(tc.item); err != nil {
 				t.Fatalf("second Delete: %v, want nil for an absent item", err)
@@ -97,15 +99,15 @@ func TestSecretServiceRoundTrip(t *testing.T) {
 
 func TestSecretServiceMissingItem(t *testing.T) {
 	requireSecretService(t)
-	s, err := OpenSecretStore("", t.TempDir())
+	s, err := platform.OpenSecretStore("", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = s.Get(testItemPrefix(t) + "never-set")
-	if !errors.Is(err, ErrSecretNotFound) {
-		t.Fatalf("Get(missing) err = %v, want ErrSecretNotFound", err)
+	if !errors.Is(err, platform.ErrSecretNotFound) {
+		t.Fatalf("Get(missing) err = %v, want platform.ErrSecretNotFound", err)
 	}
-	var ue *SecretStoreUnavailableError
+	var ue *platform.SecretStoreUnavailableError
 	if errors.As(err, &ue) {
 		t.Fatalf("missing item reported as unavailable: %v", err)
 	}
@@ -131,20 +133,20 @@ func TestSecretServiceNoBus(t *testing.T) {
 			} else {
 				t.Setenv("DBUS_SESSION_BUS_ADDRESS", tc.addr)
 			}
-			s, err := OpenSecretStore("os", t.TempDir())
+			s, err := platform.OpenSecretStore("os", t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
 			secret := []byte("must-not-leak-" + tc.name)
 			for name, op := range map[string]func() error{
-				"Get":   func() error { _, err := s.Get(DataKeyItem); return err },
-				"Set":   func() error { return s.Set(DataKeyItem, secret) },
-				"Probe": func() error { return ProbeSecretStore(s) },
+				"Get":   func() error { _, err := s.Get(platform.DataKeyItem); return err },
+				"Set":   func() error { return s.Set(platform.DataKeyItem, secret) },
+				"Probe": func() error { return platform.ProbeSecretStore(s) },
 			} {
 				err := op()
-				var ue *SecretStoreUnavailableError
+				var ue *platform.SecretStoreUnavailableError
 				if !errors.As(err, &ue) {
-					t.Fatalf("%s: err = %v, want *SecretStoreUnavailableError", name, err)
+					t.Fatalf("%s: err = %v, want *platform.SecretStoreUnavailableError", name, err)
 				}
 				if ue.Backend != "Secret Service" || !strings.Contains(ue.Reason, "D-Bus session bus") {
 					t.Errorf("%s: Backend=%q Reason=%q", name, ue.Backend, ue.Reason)
@@ -171,7 +173,7 @@ func TestSecretServiceLocked(t *testing.T) {
 		return
 	}
 	requireSecretService(t)
-	script, err := filepath.Abs("../scripts/with-secret-service")
+	script, err := filepath.Abs("../../scripts/with-secret-service")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +194,7 @@ func lockedChild(t *testing.T) {
 	if os.Getenv("DBUS_SESSION_BUS_ADDRESS") == "" {
 		t.Fatal("child started without a session bus")
 	}
-	s, err := OpenSecretStore("os", t.TempDir())
+	s, err := platform.OpenSecretStore("os", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,14 +224,14 @@ func lockedChild(t *testing.T) {
 		{"Get", func() error { _, err := s.Get(item); return err }},
 		{"Set", func() error { return s.Set(item, []byte("after-lock")) }},
 		{"Delete", func() error { return s.Delete(item) }},
-		{"Probe", func() error { return ProbeSecretStore(s) }},
+		{"Probe", func() error { return platform.ProbeSecretStore(s) }},
 	}
 	for _, tc := range tests {
 		start := time.Now()
 		err := tc.op()
-		var ue *SecretStoreUnavailableError
+		var ue *platform.SecretStoreUnavailableError
 		if !errors.As(err, &ue) {
-			t.Fatalf("%s on a locked keyring: err = %v, want *SecretStoreUnavailableError", tc.name, err)
+			t.Fatalf("%s on a locked keyring: err = %v, want *platform.SecretStoreUnavailableError", tc.name, err)
 		}
 		if !strings.Contains(ue.Reason, "locked") || !strings.Contains(ue.Remedy, "unlock") || !strings.Contains(ue.Remedy, `secret_store = "file"`) {
 			t.Errorf("%s: Reason=%q Remedy=%q", tc.name, ue.Reason, ue.Remedy)
