@@ -1,0 +1,225 @@
+package entraemu
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Fault kinds.
+const (
+	FaultLatency   = "latency"   // delay, then answer normally
+	FaultStatus    = "status"    // answer with Status (5xx) and an Entra-shaped server_error body
+	FaultThrottle  = "throttle"  // 429 with Retry-After
+	FaultReset     = "reset"     // drop the TCP connection without an answer
+	FaultMalformed = "malformed" // 200 with a body that is not JSON
+	FaultHang      = "hang"      // hold the request until faults are cleared or the client gives up
+)
+
+// Fault is one injected failure. Endpoint is one of instance, openid, keys, token, devicecode, deviceauth,
+// authorize or "" for all; GrantType narrows token faults.
+type Fault struct {
+	Endpoint   string `json:"endpoint,omitempty"`
+	GrantType  string `json:"grant_type,omitempty"`
+	Kind       string `json:"kind"`
+	LatencyMS  int    `json:"latency_ms,omitempty"`  // for latency
+	Status     int    `json:"status,omitempty"`      // for status; 500..599
+	RetryAfter int    `json:"retry_after,omitempty"` // seconds, for throttle
+	Count      int    `json:"count,omitempty"`       // apply this many times; 0 = until cleared
+}
+
+func (f *Fault) validate() error {
+	switch f.Kind {
+	case FaultLatency:
+		if f.LatencyMS <= 0 || f.LatencyMS > 600_000 {
+			return fmt.Errorf("latency_ms must be in (0, 600000]")
+		}
+	case FaultStatus:
+		if f.Status < 500 || f.Status > 599 {
+			return fmt.Errorf("status must be 5xx")
+		}
+	case FaultThrottle:
+		if f.RetryAfter < 0 {
+			return fmt.Errorf("retry_after must be ≥ 0")
+		}
+	case FaultReset, FaultMalformed, FaultHang:
+	default:
+		return fmt.Errorf("kind %q is not one of latency, status, throttle, reset, malformed, hang", f.Kind)
+	}
+	switch f.Endpoint {
+	case "", "instance", "openid", "keys", "token", "devicecode", "deviceauth", "authorize":
+	default:
+		return fmt.Errorf("endpoint %q is not one of instance, openid, keys, token, devicecode, deviceauth, authorize", f.Endpoint)
+	}
+	if f.Count < 0 {
+		return fmt.Errorf("count must be ≥ 0")
+	}
+	return nil
+}
+
+type faultSet struct {
+	mu      sync.Mutex
+	list    []*Fault
+	cleared chan struct{} // closed by clear, releasing hung requests
+}
+
+func (s *faultSet) add(f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.list = append(s.list, &f)
+}
+
+func (s *faultSet) clear() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.list = nil
+	close(s.cleared)
+	s.cleared = make(chan struct{})
+}
+
+// match returns the first fault for this request, using up one of its count, and the channel that clearing closes.
+func (s *faultSet) match(endpoint, grant string) (*Fault, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range s.list {
+		if (f.Endpoint == "" || f.Endpoint == endpoint) && (f.GrantType == "" || f.GrantType == grant) {
+			c := *f
+			if f.Count > 0 {
+				f.Count--
+				if f.Count == 0 {
+					s.list = append(s.list[:i], s.list[i+1:]...)
+				}
+			}
+			return &c, s.cleared
+		}
+	}
+	return nil, nil
+}
+
+// applyFault performs f and reports whether the request has been answered (or dropped).
+func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, cleared <-chan struct{}) bool {
+	e.log.Info("fault injected", "kind", f.Kind, "path", r.URL.Path)
+	switch f.Kind {
+	case FaultLatency:
+		t := time.NewTimer(time.Duration(f.LatencyMS) * time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return true
+		case <-e.closing:
+			return true
+		}
+		return false
+	case FaultStatus:
+		e.writeError(w, r, newErr(f.Status, "server_error", 90033, "A transient error has occurred. Please try again. (injected fault)"))
+		return true
+	case FaultThrottle:
+		w.Header().Set("Retry-After", strconv.Itoa(f.RetryAfter))
+		e.writeError(w, r, newErr(http.StatusTooManyRequests, "temporarily_unavailable", 50196, "The server terminated an operation because it encountered a client request loop. (injected fault)"))
+		return true
+	case FaultMalformed:
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte(`{"token_type":"Bearer","access_token":`))
+		return true
+	case FaultHang:
+		select {
+		case <-cleared:
+			return false
+		case <-r.Context().Done():
+		case <-e.closing:
+		}
+		return true
+	case FaultReset:
+		resetConn(w)
+		return true
+	}
+	return false
+}
+
+// resetConn closes the connection with an RST so the client sees "connection reset by peer", not a clean EOF.
+func resetConn(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler) // HTTP/2: abort the stream; net/http recovers this sentinel silently
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	raw := conn
+	if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		raw = nc.NetConn()
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = raw.Close()
+}
+
+// Counters are request counts since the last reset.
+type Counters struct {
+	Total        int            `json:"total"`
+	ByEndpoint   map[string]int `json:"by_endpoint"`
+	ByGrantType  map[string]int `json:"by_grant_type"`
+	ByClientID   map[string]int `json:"by_client_id"`
+	MaxPerSecond int            `json:"max_per_second"` // most token-endpoint requests seen within one wall-clock second
+	Since        time.Time      `json:"since"`
+}
+
+type counters struct {
+	mu        sync.Mutex
+	c         Counters
+	curSecond int64
+	curCount  int
+}
+
+func (k *counters) record(endpoint, grant, client string, at time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.init(at)
+	k.c.Total++
+	k.c.ByEndpoint[endpoint]++
+	if endpoint != "token" {
+		return
+	}
+	if grant != "" {
+		k.c.ByGrantType[truncate(grant, 64)]++
+	}
+	if client != "" && len(k.c.ByClientID) < 1000 {
+		k.c.ByClientID[truncate(client, 64)]++
+	}
+	sec := at.Unix()
+	if sec != k.curSecond {
+		k.curSecond, k.curCount = sec, 0
+	}
+	k.curCount++
+	k.c.MaxPerSecond = max(k.c.MaxPerSecond, k.curCount)
+}
+
+func (k *counters) init(at time.Time) {
+	if k.c.ByEndpoint == nil {
+		k.c = Counters{ByEndpoint: map[string]int{}, ByGrantType: map[string]int{}, ByClientID: map[string]int{}, Since: at}
+	}
+}
+
+func (k *counters) snapshot() Counters {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.init(time.Now())
+	c := k.c
+	c.ByEndpoint, c.ByGrantType, c.ByClientID = cloneMap(c.ByEndpoint), cloneMap(c.ByGrantType), cloneMap(c.ByClientID)
+	return c
+}
+
+func (k *counters) reset() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.c = Counters{}
+	k.curSecond, k.curCount = 0, 0
+	k.init(time.Now())
+}
