@@ -130,7 +130,9 @@ func TestMSALSurfacesErrors(t *testing.T) {
 				return err
 			}},
 		{name: "exchange for an agent of another blueprint", want: 700016,
-			act: func(t *testing.T, e *env) error { return e.exchange(t, emutest.BlueprintSecret, emutest.PublicClientID) }},
+			act: func(t *testing.T, e *env) error {
+				return e.exchange(t, emutest.BlueprintSecret, emutest.PublicClientID)
+			}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
