@@ -228,7 +228,19 @@ func hasState(path string) (bool, error) {
 }
 
 // initMeta writes the header on a new file, and is a no-op on a verified one.
+// It looks first in a read transaction: a bbolt commit writes a new meta
+// page even when nothing changed, and opening must not rewrite the file.
 func (s *Store) initMeta() error {
+	var present bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		present = tx.Bucket([]byte(metaBucket)) != nil
+		return nil
+	}); err != nil {
+		return fmt.Errorf("store: read header: %w", err)
+	}
+	if present {
+		return nil
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte(metaBucket)) != nil {
 			return nil
@@ -342,7 +354,11 @@ func verify(path string, key []byte) (err error) {
 // moveAside renames path to path.corrupt-<UTC time>, adding a counter if
 // that name is taken, so no earlier evidence is ever overwritten.
 func moveAside(path string, t time.Time) (string, error) {
-	base := path + ".corrupt-" + t.Format("20060102T150405Z")
+	return moveAsideAs(path, ".corrupt-", t)
+}
+
+func moveAsideAs(path, tag string, t time.Time) (string, error) {
+	base := path + tag + t.Format("20060102T150405Z")
 	dst := base
 	for i := 2; ; i++ {
 		if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
@@ -609,4 +625,38 @@ func syncDir(dir string) {
 	}
 	_ = d.Sync()
 	_ = d.Close()
+}
+
+// Reset is the store's half of `agentidd reset`: it moves the state file
+// aside to <path>.reset-<UTC time> (never deleting it) and deletes the data
+// key, so the next Open starts empty under a new key. Without the key the
+// moved file can no longer be read; that is the point of a reset. It returns
+// where the file went ("" if there was none) and refuses with ErrInUse while
+// a daemon has the file open.
+func Reset(path string, secrets platform.SecretStore, opts Options) (string, error) {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	var movedTo string
+	if _, err := os.Lstat(path); err == nil {
+		// bbolt takes the same lock a running daemon holds.
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+		if errors.Is(err, berrors.ErrTimeout) {
+			return "", fmt.Errorf("store: %s: %w (stop agentidd first)", path, ErrInUse)
+		}
+		if err == nil {
+			_ = db.Close()
+		}
+		movedTo, err = moveAsideAs(path, ".reset-", now().UTC())
+		if err != nil {
+			return "", fmt.Errorf("store: move %s aside: %w", path, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	if err := secrets.Delete(platform.DataKeyItem); err != nil {
+		return movedTo, fmt.Errorf("store: delete the data key from %s: %w", secrets.Describe(), err)
+	}
+	return movedTo, nil
 }

@@ -685,3 +685,42 @@ func TestZeroByteFileIsInitialized(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReset(t *testing.T) {
+	now := time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
+	path, secrets := newEnv(t)
+	populate(t, path, secrets)
+	before, _ := os.ReadFile(path)
+
+	s := mustOpen(t, path, secrets, Options{})
+	if _, err := Reset(path, secrets, Options{Now: func() time.Time { return now }}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Reset while open: %v, want ErrInUse", err)
+	}
+	s.Close()
+
+	moved, err := Reset(path, secrets, Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved != path+".reset-20260203T040506Z" {
+		t.Errorf("moved to %q", moved)
+	}
+	if got, _ := os.ReadFile(moved); !bytes.Equal(got, before) {
+		t.Error("reset changed the moved file's bytes")
+	}
+	if _, err := secrets.Get(platform.DataKeyItem); !errors.Is(err, platform.ErrSecretNotFound) {
+		t.Errorf("data key survived reset: %v", err)
+	}
+	s = mustOpen(t, path, secrets, Options{})
+	defer s.Close()
+	if _, err := s.Get("tokens", "k-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("state survived reset: %v", err)
+	}
+	if s.MovedAside() != nil {
+		t.Error("a reset store was reported as corrupt")
+	}
+	// Nothing to reset is fine too.
+	if moved, err := Reset(filepath.Join(t.TempDir(), "none.db"), platform.NewFileSecretStore(t.TempDir()), Options{}); err != nil || moved != "" {
+		t.Errorf("Reset of nothing = %q, %v", moved, err)
+	}
+}
