@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"runtime"
+	"strings"
+
+	"github.com/kardianos/service"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/packaging/servicecfg"
+)
+
+// geteuid is a seam so the refusal to install as root is testable without being root.
+var geteuid = os.Geteuid
+
+// serviceCmd is `agentidd service install|uninstall|start|stop|status`: the daemon as a per-user service
+// (systemd --user unit, launchd LaunchAgent, Windows service running as the user). The pure parts live in
+// packaging/servicecfg.
+func serviceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "service",
+		Short: "Install and control agentidd as a per-user service (systemd --user, launchd agent, Windows service)",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(serviceInstallCmd(g), serviceControlCmd("uninstall", "Stop and remove the service (state and config are kept)"),
+		serviceControlCmd("start", "Start the service"), serviceControlCmd("stop", "Stop the service"),
+		serviceControlCmd("status", "Say whether the service is installed and running"))
+	return cmd
+}
+
+func serviceInstallCmd(g *globals) *cobra.Command {
+	var executable string
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install the service to run `agentidd run --config <abs path>` at login; refuses a missing or invalid config",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := g.configPath
+			if path == "" {
+				var err error
+				if path, err = config.DefaultPath(); err != nil {
+					return err
+				}
+			}
+			cfgPath, writable, err := servicecfg.ResolveConfig(path)
+			if err != nil {
+				return err
+			}
+			if runtime.GOOS != "windows" && geteuid() == 0 {
+				return errors.New("refusing to install as root: run `agentidd service install` as the user whose agents it serves")
+			}
+			if executable == "" {
+				if executable, err = os.Executable(); err != nil {
+					return fmt.Errorf("finding the agentidd binary (pass --executable): %w", err)
+				}
+			}
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return fmt.Errorf("finding the home directory: %w", err)
+			}
+			p := servicecfg.Params{GOOS: runtime.GOOS, Executable: executable, ConfigPath: cfgPath, Home: home, WritablePaths: writable}
+			if runtime.GOOS == "windows" {
+				u, err := user.Current()
+				if err != nil {
+					return fmt.Errorf("finding the current account: %w", err)
+				}
+				p.WindowsUser = u.Username
+			}
+			sc, err := servicecfg.Config(p)
+			if err != nil {
+				return err
+			}
+			if err := checkServicePlatform(); err != nil {
+				return err
+			}
+			// Create the directories the unit makes writable (systemd refuses to start a unit whose ReadWritePaths
+			// are missing) and the macOS log directory (launchd creates log files but not their directory).
+			dirs := writable
+			if d := servicecfg.LogDir(runtime.GOOS, home); d != "" {
+				dirs = append(dirs, d)
+			}
+			if runtime.GOOS == "windows" {
+				pw, err := readPassword(cmd.InOrStdin(), cmd.ErrOrStderr(), p.WindowsUser)
+				if err != nil {
+					return err
+				}
+				sc.Option["Password"] = pw
+			} else {
+				for _, d := range dirs {
+					if err := os.MkdirAll(d, 0o700); err != nil {
+						return fmt.Errorf("creating %s: %w", d, err)
+					}
+				}
+			}
+			s, err := service.New(noopProgram{}, sc)
+			if err != nil {
+				return fmt.Errorf("service: %w", err)
+			}
+			if err := s.Install(); err != nil {
+				return fmt.Errorf("installing the %s service (if it exists, run `agentidd service uninstall` first): %w", s.Platform(), err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "Installed %s service %q: %s run --config %s\n", s.Platform(), servicecfg.Name, executable, cfgPath)
+			fmt.Fprintln(w, "It starts at your next login; start it now with `agentidd service start`.")
+			fmt.Fprintln(w, logsHint())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&executable, "executable", "", "absolute path of the agentidd binary the service runs (default: this binary)")
+	return cmd
+}
+
+func serviceControlCmd(action, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   action,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkServicePlatform(); err != nil {
+				return err
+			}
+			s, err := service.New(noopProgram{}, controlConfig())
+			if err != nil {
+				return fmt.Errorf("service: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			switch action {
+			case "status":
+				st, err := s.Status()
+				switch {
+				case errors.Is(err, service.ErrNotInstalled):
+					fmt.Fprintln(w, "agentidd service: not installed (run `agentidd service install`)")
+					return nil
+				case err != nil:
+					return fmt.Errorf("service status: %w", err)
+				case st == service.StatusRunning:
+					fmt.Fprintln(w, "agentidd service: running")
+				case st == service.StatusStopped:
+					fmt.Fprintln(w, "agentidd service: installed, stopped (run `agentidd service start`)")
+				default:
+					fmt.Fprintln(w, "agentidd service: unknown state")
+				}
+				fmt.Fprintln(w, logsHint())
+				return nil
+			case "uninstall":
+				// Stop first so no daemon keeps the socket after its unit is gone; "not running" is fine here.
+				_ = s.Stop()
+				if err := s.Uninstall(); err != nil {
+					return fmt.Errorf("uninstalling the service: %w", err)
+				}
+				fmt.Fprintln(w, "Service removed. Config, state and audit log are kept; docs/install.md says how to remove them.")
+				return nil
+			case "start":
+				err = s.Start()
+			case "stop":
+				err = s.Stop()
+			}
+			if err != nil {
+				return fmt.Errorf("service %s: %w", action, err)
+			}
+			return nil
+		},
+	}
+}
+
+// controlConfig names the installed service; start/stop/status/uninstall need only where it lives, not what it runs.
+func controlConfig() *service.Config {
+	c := &service.Config{Name: servicecfg.Name}
+	if runtime.GOOS != "windows" {
+		c.Option = service.KeyValue{"UserService": true}
+	}
+	return c
+}
+
+func checkServicePlatform() error {
+	platform := ""
+	if sys := service.ChosenSystem(); sys != nil {
+		platform = sys.String()
+	}
+	return servicecfg.CheckPlatform(runtime.GOOS, platform)
+}
+
+func logsHint() string {
+	switch runtime.GOOS {
+	case "linux":
+		return "Logs: journalctl --user -u agentidd"
+	case "darwin":
+		home, _ := os.UserHomeDir()
+		return "Logs: " + servicecfg.LogDir("darwin", home) + "/agentidd.{out,err}.log"
+	default:
+		return "Logs: Event Viewer > Windows Logs > Application (source agentidd) for start failures; see docs/install.md"
+	}
+}
+
+// readPassword asks for the Windows account's password, which the service manager needs to start a service as
+// that account. It is read without echo from a terminal, or as one line from a pipe, and is never printed.
+func readPassword(in io.Reader, prompt io.Writer, account string) (string, error) {
+	var pw string
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintf(prompt, "Password of %s (the service runs as this account): ", account)
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(prompt)
+		if err != nil {
+			return "", fmt.Errorf("reading the password: %w", err)
+		}
+		pw = string(b)
+	} else {
+		line, err := bufio.NewReader(in).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("reading the password from stdin: %w", err)
+		}
+		pw = strings.TrimRight(line, "\r\n")
+	}
+	if pw == "" {
+		return "", errors.New("an empty password cannot start a Windows service; see docs/install.md")
+	}
+	return pw, nil
+}
+
+// noopProgram satisfies kardianos for install and control; the daemon itself runs via `agentidd run`.
+type noopProgram struct{}
+
+func (noopProgram) Start(service.Service) error { return nil }
+func (noopProgram) Stop(service.Service) error  { return nil }
