@@ -10,6 +10,12 @@ WORK=$(mktemp -d /tmp/agentidd-demo.XXXXXX)
 chmod 700 "$WORK"
 PIDS=()
 cleanup() {
+	local rc=$?
+	if [ $rc -ne 0 ] && [ -d "$WORK" ]; then
+		echo "demo failed (exit $rc); daemon log:" >&2
+		tail -20 "$WORK/daemon.log" >&2 2>/dev/null || true
+		cat "$WORK/agent.out" >&2 2>/dev/null || true
+	fi
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK"
@@ -95,7 +101,8 @@ wait "$AGENT"
 cat "$WORK/agent.out"
 
 say "7. The same request again is served from the daemon's cache"
-"$BIN/demo-agent" | head -1
+"$BIN/demo-agent" >"$WORK/agent2.out" 2>&1
+head -1 "$WORK/agent2.out"
 
 say "8. Audit: one two-principal record per decision, hash-chained"
 "$BIN/agentidd" audit tail -n 3

@@ -46,8 +46,8 @@ type BlobStore interface {
 
 // Account is the signed-in user.
 type Account struct {
-	UPN string
-	OID string
+	UPN  string
+	OID  string
 	msal public.Account
 }
 
@@ -75,8 +75,6 @@ type Client struct {
 
 	blueprintMu sync.Mutex
 	blueprint   *confidential.Client
-	agentMu     sync.Mutex
-	agents      map[string]confidential.Client
 }
 
 // New builds the public client; confidential clients are built lazily per agent.
@@ -102,7 +100,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating MSAL public client: %w", err)
 	}
-	return &Client{cfg: cfg, pub: pub, agents: map[string]confidential.Client{}}, nil
+	return &Client{cfg: cfg, pub: pub}, nil
 }
 
 // RestoreAccount picks up a sign-in persisted by an earlier run.
@@ -219,9 +217,6 @@ func (c *Client) ResetCredentials() {
 	c.blueprintMu.Lock()
 	c.blueprint = nil
 	c.blueprintMu.Unlock()
-	c.agentMu.Lock()
-	c.agents = map[string]confidential.Client{}
-	c.agentMu.Unlock()
 }
 
 // exchangeToken is Agent ID step 1: the blueprint's token for api://AzureADTokenExchange with fmi_path = the agent
@@ -238,21 +233,18 @@ func (c *Client) exchangeToken(ctx context.Context, agentAppID string) (string, 
 	return res.AccessToken, nil
 }
 
+// agentClient builds a fresh confidential client for one exchange. The daemon's serving cache is authoritative for agent
+// tokens; MSAL's OBO cache, keyed by the user assertion, would hand a proactive refresh the same old token (and hide a
+// revocation until five minutes before expiry), and MSAL cannot clear it from outside (its partitioned cache does not
+// round-trip through cache.ExportReplace). The price is one metadata GET per exchange, which happens once per token
+// lifetime per key.
 func (c *Client) agentClient(agentAppID string) (confidential.Client, error) {
-	c.agentMu.Lock()
-	defer c.agentMu.Unlock()
-	if cl, ok := c.agents[agentAppID]; ok {
-		return cl, nil
-	}
 	cred := confidential.NewCredFromAssertionCallback(func(ctx context.Context, _ confidential.AssertionRequestOptions) (string, error) {
 		return c.exchangeToken(ctx, agentAppID)
 	})
 	opts := []confidential.Option{
 		confidential.WithHTTPClient(c.cfg.HTTPClient),
 		confidential.WithClientCapabilities([]string{"cp1"}),
-		// The daemon's serving cache is authoritative for agent tokens: MSAL's own OBO cache is keyed by the user
-		// assertion and would hand back a stale token on a proactive refresh.
-		confidential.WithCache(noRetainCache{}),
 	}
 	if c.cfg.DevAuthority {
 		opts = append(opts, confidential.WithInstanceDiscovery(false))
@@ -261,7 +253,6 @@ func (c *Client) agentClient(agentAppID string) (confidential.Client, error) {
 	if err != nil {
 		return confidential.Client{}, fmt.Errorf("creating agent identity client: %w", err)
 	}
-	c.agents[agentAppID] = cl
 	return cl, nil
 }
 
@@ -328,12 +319,3 @@ func (b *blobCache) Export(ctx context.Context, m cache.Marshaler, _ cache.Expor
 	}
 	return b.store.SaveBlob(b.name, data)
 }
-
-// noRetainCache empties MSAL's in-memory cache before every lookup, so every call reaches the IdP.
-type noRetainCache struct{}
-
-func (noRetainCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
-	return u.Unmarshal([]byte("{}"))
-}
-
-func (noRetainCache) Export(context.Context, cache.Marshaler, cache.ExportHints) error { return nil }

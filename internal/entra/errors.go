@@ -52,10 +52,10 @@ func (c Class) String() string {
 type Subject int
 
 const (
-	SubjectNone Subject = iota
-	SubjectUser         // the user's sign-in: revoked session, expired refresh token, user disabled
-	SubjectAgent        // the agent identity or its blueprint: disabled, unknown, bad credential
-	SubjectConsent      // the agent's consent for the requested scopes
+	SubjectNone    Subject = iota
+	SubjectUser            // the user's sign-in: revoked session, expired refresh token, user disabled
+	SubjectAgent           // the agent identity or its blueprint: disabled, unknown, bad credential
+	SubjectConsent         // the agent's consent for the requested scopes
 )
 
 // Error is an IdP failure with its class. Its message carries the AADSTS code and the IdP's short description, never a

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/agentidd/agentidd/platform"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+func grantsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "grants",
+		Short: "List the user's consent grants",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Admin.ListGrants(cmd.Context(), &agentidv1.ListGrantsRequest{})
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if len(resp.GetGrants()) == 0 {
+				fmt.Fprintln(w, "no grants")
+			}
+			for _, gr := range resp.GetGrants() {
+				task := ""
+				if gr.GetTaskId() != "" {
+					task = " task=" + gr.GetTaskId()
+				}
+				fmt.Fprintf(w, "%s  %s (%s) %s %s until %s via %s%s\n", gr.GetId(), gr.GetAgentName(), gr.GetMode(), gr.GetResource(),
+					strings.Join(gr.GetScopes(), ","), gr.GetNotAfter().AsTime().Local().Format(time.RFC3339), gr.GetDecidedVia(), task)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a grant; its tokens are purged before this returns",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Admin.RevokeGrant(cmd.Context(), &agentidv1.RevokeGrantRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s; %d token(s) purged\n", resp.GetGrant().GetId(), resp.GetPurgedTokens())
+			return nil
+		},
+	})
+	return cmd
+}
+
+func printConsentRequest(w io.Writer, r *agentidv1.ConsentRequest) {
+	fmt.Fprintf(w, "request %s: agent %s (%s) wants %s access to %s: %s\n", r.GetId(), r.GetAgentName(), r.GetAgentAppId(),
+		r.GetMode(), r.GetResource(), strings.Join(r.GetScopes(), " "))
+	fmt.Fprintf(w, "  process %d %s (sha256 %s…)\n", r.GetPid(), r.GetExePath(), r.GetExeSha256Prefix())
+	if r.GetTaskId() != "" {
+		fmt.Fprintf(w, "  task %s\n", r.GetTaskId())
+	}
+	if len(r.GetChain()) > 0 {
+		fmt.Fprintf(w, "  delegated by %s\n", strings.Join(r.GetChain(), " → "))
+	}
+	if r.GetJustification() != "" {
+		fmt.Fprintf(w, "  the agent says (its own words, unverified): %q\n", r.GetJustification())
+	}
+}
+
+func consentCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "consent", Short: "See and decide consent requests (works over SSH and headless)"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List pending consent requests",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Admin.ListConsentRequests(cmd.Context(), &agentidv1.ListConsentRequestsRequest{})
+			if err != nil {
+				return err
+			}
+			if len(resp.GetRequests()) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no pending consent requests")
+			}
+			for _, r := range resp.GetRequests() {
+				printConsentRequest(cmd.OutOrStdout(), r)
+			}
+			return nil
+		},
+	})
+	var forDur time.Duration
+	decide := func(allow bool) func(cmd *cobra.Command, args []string) error {
+		return func(cmd *cobra.Command, args []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := &agentidv1.DecideConsentRequest{Id: args[0], Allow: allow}
+			if forDur > 0 {
+				req.Duration = durationpb.New(forDur)
+			}
+			resp, err := c.Admin.DecideConsent(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if allow {
+				fmt.Fprintf(cmd.OutOrStdout(), "approved: grant %s until %s\n", resp.GetGrant().GetId(), resp.GetGrant().GetNotAfter().AsTime().Local().Format(time.RFC3339))
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "denied")
+			}
+			return nil
+		}
+	}
+	approve := &cobra.Command{Use: "approve ID", Short: "Approve a pending request", Args: cobra.ExactArgs(1), RunE: decide(true)}
+	approve.Flags().DurationVar(&forDur, "for", 0, "grant duration: 1h, 8h or 168h (default: the task, else 1h)")
+	cmd.AddCommand(approve)
+	cmd.AddCommand(&cobra.Command{Use: "deny ID", Short: "Deny a pending request (remembered for the cool-down)", Args: cobra.ExactArgs(1), RunE: decide(false)})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "reset",
+		Short: "Forget remembered denials",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Admin.ResetConsent(cmd.Context(), &agentidv1.ResetConsentRequest{})
+			return err
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "watch",
+		Short: "Show consent requests as they arrive and answer them with a key: a approve (1h), t this task, d deny, s skip",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			stream, err := c.Admin.WatchConsentRequests(cmd.Context(), &agentidv1.ListConsentRequestsRequest{})
+			if err != nil {
+				return err
+			}
+			in := bufio.NewReader(cmd.InOrStdin())
+			w := cmd.OutOrStdout()
+			fmt.Fprintln(w, "waiting for consent requests (Ctrl-C to stop)")
+			for {
+				r, err := stream.Recv()
+				if err == io.EOF {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				printConsentRequest(w, r)
+				fmt.Fprint(w, "  [a]pprove 1h, approve for [t]his task, [d]eny, [s]kip? ")
+				line, err := in.ReadString('\n')
+				if err != nil && line == "" {
+					return nil
+				}
+				req := &agentidv1.DecideConsentRequest{Id: r.GetId()}
+				switch strings.TrimSpace(strings.ToLower(line)) {
+				case "a":
+					req.Allow, req.Duration = true, durationpb.New(time.Hour)
+				case "t":
+					req.Allow = true
+				case "d":
+				default:
+					fmt.Fprintln(w, "  skipped")
+					continue
+				}
+				resp, err := c.Admin.DecideConsent(cmd.Context(), req)
+				if err != nil {
+					fmt.Fprintf(w, "  %v\n", err)
+					continue
+				}
+				if req.Allow {
+					fmt.Fprintf(w, "  approved: grant %s\n", resp.GetGrant().GetId())
+				} else {
+					fmt.Fprintln(w, "  denied")
+				}
+			}
+		},
+	})
+	return cmd
+}
+
+func auditCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the two-principal audit log"}
+	var n int
+	tail := &cobra.Command{
+		Use:  "tail",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Admin.AuditTail(cmd.Context(), &agentidv1.AuditTailRequest{N: int32(n)})
+			if err != nil {
+				return err
+			}
+			for _, l := range resp.GetLines() {
+				fmt.Fprintln(cmd.OutOrStdout(), l)
+			}
+			return nil
+		},
+	}
+	tail.Flags().IntVarP(&n, "n", "n", 20, "records")
+	cmd.AddCommand(tail, &cobra.Command{
+		Use:  "verify",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := c.Admin.AuditVerify(cmd.Context(), &agentidv1.AuditVerifyRequest{})
+			if err != nil {
+				return err
+			}
+			if resp.GetError() != "" {
+				return fmt.Errorf("audit chain broken after %d records: %s", resp.GetRecords(), resp.GetError())
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.GetRecords())
+			return nil
+		},
+	})
+	return cmd
+}
+
+// readSecret reads a secret from a terminal without echo, or from stdin when it is not a terminal. Never from argv:
+// argv is visible to every process of every user through /proc.
+func readSecret(cmd *cobra.Command) ([]byte, error) {
+	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(cmd.ErrOrStderr(), "secret (not echoed): ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(cmd.ErrOrStderr())
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 64<<10))
+	if err != nil {
+		return nil, err
+	}
+	return []byte(strings.TrimRight(string(b), "\r\n")), nil
+}
+
+func secretCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "secret", Short: "Store agent credentials in the OS secret store"}
+	var blueprint, agent string
+	item := func() (string, error) {
+		switch {
+		case blueprint != "" && agent == "":
+			return platform.BlueprintItem(blueprint), nil
+		case agent != "" && blueprint == "":
+			return platform.AgentItem(agent), nil
+		}
+		return "", errors.New("name exactly one of --blueprint APPID or --agent APPID")
+	}
+	open := func() (platform.SecretStore, error) {
+		cfg, err := g.config()
+		if err != nil {
+			return nil, err
+		}
+		s, err := platform.OpenSecretStore(cfg.SecretStore, cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		return s, platform.ProbeSecretStore(s)
+	}
+	set := &cobra.Command{
+		Use:   "set",
+		Short: "Store a client secret read from stdin or a no-echo prompt",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, err := item()
+			if err != nil {
+				return err
+			}
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			secret, err := readSecret(cmd)
+			if err != nil {
+				return err
+			}
+			if len(secret) == 0 {
+				return errors.New("empty secret: nothing stored")
+			}
+			if err := s.Set(name, secret); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "stored %s in %s\n", name, s.Describe())
+			return nil
+		},
+	}
+	rm := &cobra.Command{
+		Use:  "rm",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, err := item()
+			if err != nil {
+				return err
+			}
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			if err := s.Delete(name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", name)
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{set, rm} {
+		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id")
+		c.Flags().StringVar(&agent, "agent", "", "agent identity app id")
+	}
+	cmd.AddCommand(set, rm)
+	return cmd
+}
+
+func resetCmd(g *globals) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "reset",
+		Short: "Wipe the encrypted state (sign-in, grants, cached tokens); the daemon must be stopped",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.config()
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(cfg.StateDir, "state.db")
+			if !yes {
+				fmt.Fprintf(cmd.ErrOrStderr(), "This deletes %s: the sign-in, all grants and cached tokens. Type yes to continue: ", path)
+				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if strings.TrimSpace(line) != "yes" {
+					return errors.New("not confirmed; nothing deleted")
+				}
+			}
+			if c, err := g.dial(); err == nil {
+				_, statusErr := c.Admin.Status(cmd.Context(), &agentidv1.StatusRequest{})
+				c.Close()
+				if statusErr == nil {
+					return errors.New("the daemon is running: stop it first")
+				}
+			}
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "state wiped")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask")
+	return cmd
+}

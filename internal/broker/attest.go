@@ -1,0 +1,108 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/ipc"
+	"github.com/agentidd/agentidd/platform"
+)
+
+// attestTTL bounds how long one attestation of a live process is reused. The process is identified by (pid, start time),
+// so reuse is safe against PID reuse; the TTL only bounds how long a config change to bindings takes to bite on a
+// long-lived connection (SetConfig resets the cache anyway).
+const attestTTL = 30 * time.Second
+
+type attestKey struct {
+	pid       int
+	startTime uint64
+	agent     string
+}
+
+type attestEntry struct {
+	proc platform.Process
+	res  attest.Result
+	at   time.Time
+}
+
+// attestCache keeps the fast path free of /proc reads and hashing: a process is attested once per agent and TTL.
+type attestCache struct {
+	now func() time.Time
+	mu  sync.RWMutex
+	m   map[attestKey]attestEntry
+}
+
+func newAttestCache(now func() time.Time) *attestCache {
+	return &attestCache{now: now, m: map[attestKey]attestEntry{}}
+}
+
+func (a *attestCache) reset() {
+	a.mu.Lock()
+	a.m = map[attestKey]attestEntry{}
+	a.mu.Unlock()
+}
+
+func (a *attestCache) get(k attestKey) (attestEntry, bool) {
+	a.mu.RLock()
+	e, ok := a.m[k]
+	a.mu.RUnlock()
+	if !ok || a.now().Sub(e.at) > attestTTL {
+		return attestEntry{}, false
+	}
+	return e, true
+}
+
+func (a *attestCache) put(k attestKey, e attestEntry) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.m) > 4096 { // bounded: drop everything stale rather than grow without limit
+		for key, v := range a.m {
+			if a.now().Sub(v.at) > attestTTL {
+				delete(a.m, key)
+			}
+		}
+	}
+	a.m[k] = e
+}
+
+// attest decides whether the peer process may act as the agent. The peer must still be the process that connected.
+func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Process, attest.Result, error) {
+	if err := peer.Alive(); err != nil {
+		return platform.Process{}, attest.Result{}, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process is gone (or its PID was reused)", 0, nil)
+	}
+	k := attestKey{pid: peer.PID, startTime: peer.StartTime, agent: agent.Name}
+	if e, ok := b.attested.get(k); ok {
+		return e.proc, e.res, nil
+	}
+	proc, err := b.inspector.Inspect(peer.PID)
+	if err != nil {
+		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonNotAttested, "cannot inspect the calling process", 0, nil)
+	}
+	if peer.StartTime != 0 && proc.StartTime != peer.StartTime {
+		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process's PID was reused", 0, nil)
+	}
+	res, err := b.attestor.Attest(proc, toAttestAgent(agent))
+	if err != nil {
+		var na *attest.NotAttestedError
+		msg := "this process is not bound to agent " + agent.Name
+		if errors.As(err, &na) {
+			msg = na.Error()
+		}
+		return proc, res, rpcError(codes.PermissionDenied, ReasonNotAttested, msg, 0, nil)
+	}
+	b.attested.put(k, attestEntry{proc: proc, res: res, at: b.now()})
+	return proc, res, nil
+}
+
+func toAttestAgent(a config.Agent) attest.Agent {
+	out := attest.Agent{Name: a.Name, AppID: a.AppID}
+	for _, bnd := range a.Bindings {
+		out.Bindings = append(out.Bindings, attest.Binding{ExePath: bnd.Exe, SHA256: bnd.SHA256})
+	}
+	return out
+}

@@ -1,0 +1,400 @@
+// Package broker is the request path of DESIGN.md §2: validate → attest → rate limit → sign-in → consent → cache → IdP.
+// It maps every failure to a gRPC status with a stable ErrorInfo reason here, at the edge, and nowhere else.
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/cache"
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/internal/consent"
+	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/ipc"
+	"github.com/agentidd/agentidd/platform"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+// IdP is what the broker needs of internal/entra.
+type IdP interface {
+	Account() *entra.Account
+	OnBehalfOf(ctx context.Context, agentAppID string, scopes []string, claims string) (entra.Result, error)
+	AppOnly(ctx context.Context, agentAppID string, scopes []string, claims string) (entra.Result, error)
+}
+
+// Auditor appends one record per decision.
+type Auditor interface {
+	Append(r audit.Record) (string, error)
+}
+
+// Options wires the broker.
+type Options struct {
+	Config    *config.Config
+	IdP       IdP
+	Cache     *cache.Cache
+	Consent   *consent.Manager
+	Audit     Auditor
+	Attestor  *attest.Attestor
+	Inspector platform.ProcessInspector
+	Now       func() time.Time
+	Log       *slog.Logger
+}
+
+// Broker serves the AgentIdentity service.
+type Broker struct {
+	agentidv1.UnimplementedAgentIdentityServer
+
+	cfg       atomic.Pointer[config.Config]
+	idp       IdP
+	cache     *cache.Cache
+	consent   *consent.Manager
+	audit     Auditor
+	attestor  *attest.Attestor
+	inspector platform.ProcessInspector
+	now       func() time.Time
+	log       *slog.Logger
+	limits    *limiter
+	attested  *attestCache
+	degraded  atomic.Pointer[string]
+
+	// keyInfo remembers, per cache key, what a refresh needs that the key only hashes: the raw claims and the grant.
+	keyInfo sync.Map // cache key ID → keyInfo
+}
+
+type keyInfo struct {
+	claims  string
+	grantID string
+	scopes  []string
+}
+
+// New builds a broker.
+func New(o Options) *Broker {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	b := &Broker{idp: o.IdP, cache: o.Cache, consent: o.Consent, audit: o.Audit, attestor: o.Attestor,
+		inspector: o.Inspector, now: o.Now, log: o.Log, attested: newAttestCache(o.Now)}
+	b.SetConfig(o.Config)
+	return b
+}
+
+// SetConfig swaps the configuration (live reload). Agents removed from it are purged by the daemon, not here.
+func (b *Broker) SetConfig(c *config.Config) {
+	b.cfg.Store(c)
+	b.limits = newLimiter(c.RateLimit, c.Burst)
+	b.attested.reset()
+}
+
+// SetDegraded records why the daemon cannot mint tokens (e.g. a locked secret store); "" clears it.
+func (b *Broker) SetDegraded(why string) {
+	if why == "" {
+		b.degraded.Store(nil)
+		return
+	}
+	b.degraded.Store(&why)
+}
+
+// Degraded returns the current degradation, or "".
+func (b *Broker) Degraded() string {
+	if p := b.degraded.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// call is one authorized request.
+type call struct {
+	req   request
+	agent config.Agent
+	peer  *ipc.PeerInfo
+	proc  platform.Process
+	via   attest.Result
+	user  *entra.Account
+	grant consent.Grant
+	key   cache.Key
+}
+
+// GetToken implements AgentIdentity.GetToken.
+func (b *Broker) GetToken(ctx context.Context, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+	c, err := b.authorize(ctx, in)
+	if err != nil {
+		b.auditDenied(c, err)
+		return nil, err
+	}
+	tok, src, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh || c.req.claims != "")
+	if err != nil {
+		mapped := b.fetchError(ctx, err)
+		b.auditDenied(c, mapped)
+		return nil, mapped
+	}
+	// The peer may have exited (and its PID been reused) while we waited on consent or the IdP.
+	if err := c.peer.Alive(); err != nil {
+		return nil, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited before the token was ready", 0, nil)
+	}
+	return b.respond(c, tok, src), nil
+}
+
+func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.GetTokenResponse {
+	source := agentidv1.TokenSource_TOKEN_SOURCE_IDP
+	if src == cache.SourceCache {
+		source = agentidv1.TokenSource_TOKEN_SOURCE_CACHE
+	}
+	auditID, _ := b.audit.Append(b.recordIssued(c, src, &tok))
+	mode := agentidv1.Mode_MODE_OBO
+	if c.req.mode == "app" {
+		mode = agentidv1.Mode_MODE_APP
+	}
+	chain := append([]string(nil), c.grant.Chain...)
+	chain = append(chain, c.agent.Name)
+	return &agentidv1.GetTokenResponse{
+		AccessToken: tok.AccessToken,
+		TokenType:   "Bearer",
+		ExpiresAt:   timestamppb.New(tok.ExpiresAt),
+		Scopes:      tok.Scopes,
+		Principal: &agentidv1.Principal{UserOid: c.user.OID, UserUpn: c.user.UPN, AgentAppId: c.agent.AppID, AgentName: c.agent.Name,
+			ActorChain: chain, BlueprintAppId: b.cfg.Load().BlueprintAppID},
+		GrantId: c.grant.ID,
+		Source:  source,
+		AuditId: auditID,
+		Mode:    mode,
+	}
+}
+
+// authorize runs every check before the cache. On error the returned call holds what was learned, for the audit record.
+func (b *Broker) authorize(ctx context.Context, in *agentidv1.GetTokenRequest) (*call, error) {
+	cfg := b.cfg.Load()
+	c := &call{}
+	peer, ok := ipc.PeerFromContext(ctx)
+	if !ok {
+		return c, rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
+	}
+	c.peer = peer
+	req, err := parseRequest(in, cfg.MinTTL.Duration, cfg.ConsentWaitMax.Duration)
+	c.req = req
+	if err != nil {
+		return c, err
+	}
+	agent, ok := cfg.Agent(req.agent)
+	if !ok {
+		return c, rpcError(codes.NotFound, ReasonUnknownAgent, "no agent named "+req.agent+" in the agentidd config", 0, nil)
+	}
+	c.agent = agent
+	proc, via, err := b.attest(peer, agent)
+	c.proc, c.via = proc, via
+	if err != nil {
+		return c, err
+	}
+	if ok, retry := b.limits.allow(agent.Name); !ok {
+		return c, rpcError(codes.ResourceExhausted, ReasonRateLimited, "too many token requests from agent "+agent.Name, retry, nil)
+	}
+	if why := b.Degraded(); why != "" {
+		return c, rpcError(codes.FailedPrecondition, ReasonSecretStore, why, 0, nil)
+	}
+	c.user = b.idp.Account()
+	if c.user == nil {
+		return c, rpcError(codes.Unauthenticated, ReasonSigninRequired, "no user is signed in to agentidd: run `agentidd login`", 0, nil)
+	}
+	grant, err := b.consent.Check(ctx, b.consentRequest(c), req.consentWait)
+	if err != nil {
+		return c, consentError(err)
+	}
+	c.grant = grant
+	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
+	b.keyInfo.Store(c.key.ID(), keyInfo{claims: req.claims, grantID: grant.ID, scopes: req.scopes})
+	return c, nil
+}
+
+func (b *Broker) consentRequest(c *call) consent.Request {
+	chain := []string(nil)
+	if c.req.parentAgent != "" {
+		chain = []string{c.req.parentAgent}
+	}
+	return consent.Request{
+		UserOID: c.user.OID, UserUPN: c.user.UPN,
+		AgentName: c.agent.Name, AgentAppID: c.agent.AppID, AgentDisplayName: c.agent.DisplayName,
+		Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes, TaskID: c.req.taskID,
+		Justification: c.req.justification, Chain: chain,
+		Process: consent.Process{PID: c.proc.PID, PPID: c.proc.PPID, ExePath: c.proc.ExePath, SHA256Prefix: prefix(c.via.SHA256)},
+	}
+}
+
+func consentError(err error) error {
+	var pending *consent.PendingError
+	var denied *consent.DeniedError
+	switch {
+	case errors.As(err, &pending):
+		return rpcError(codes.FailedPrecondition, ReasonConsentPending,
+			"waiting for the user to approve this agent: run `agentidd consent watch` or answer the prompt",
+			2*time.Second, map[string]string{"request_id": pending.RequestID})
+	case errors.As(err, &denied):
+		return rpcError(codes.PermissionDenied, ReasonConsentDenied, "the user denied this agent these scopes", 0, nil)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return rpcError(codes.DeadlineExceeded, ReasonConsentPending, "gave up waiting for the user's consent decision", 0, nil)
+	}
+	return rpcError(codes.Internal, ReasonInternal, "consent check failed", 0, nil)
+}
+
+// fetchError maps a cache/IdP failure; a transient one carries the cache's retry time.
+func (b *Broker) fetchError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return rpcError(codes.DeadlineExceeded, ReasonIdPUnreachable, "the caller's deadline passed before the identity provider answered", 0, nil)
+	}
+	var retry time.Duration
+	if online, at := b.cache.Online(); !online && at.After(b.now()) {
+		retry = at.Sub(b.now())
+	}
+	b.log.Warn("token exchange failed", "class", entra.Classify(err).Class.String(), "err", entra.Classify(err).Error())
+	return idpError(err, retry)
+}
+
+// Fetch is the cache's Fetcher: one IdP exchange for a key.
+func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
+	v, ok := b.keyInfo.Load(k.ID())
+	if !ok {
+		// A key we never authorized (e.g. restored from disk after the grant went away): refuse rather than mint.
+		return cache.Token{}, &entra.Error{Class: entra.ClassPermanent, Subject: entra.SubjectConsent, Summary: "no grant covers this token any more"}
+	}
+	info := v.(keyInfo)
+	var res entra.Result
+	var err error
+	if k.Mode == "app" {
+		res, err = b.idp.AppOnly(ctx, k.AgentAppID, info.scopes, info.claims)
+	} else {
+		res, err = b.idp.OnBehalfOf(ctx, k.AgentAppID, info.scopes, info.claims)
+	}
+	if err != nil {
+		return cache.Token{}, err
+	}
+	now := b.now().Round(0)
+	scopes := res.Scopes
+	if len(scopes) == 0 {
+		scopes = info.scopes
+	}
+	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: res.ExpiresAt.Round(0), RefreshAt: res.RefreshAt.Round(0),
+		IssuedAt: now, Scopes: scopes, GrantID: info.grantID}, nil
+}
+
+// ForgetGrant drops refresh bookkeeping for keys derived from a revoked grant.
+func (b *Broker) ForgetGrant(grantID string) {
+	b.keyInfo.Range(func(k, v any) bool {
+		if v.(keyInfo).grantID == grantID {
+			b.keyInfo.Delete(k)
+		}
+		return true
+	})
+}
+
+// WatchToken implements AgentIdentity.WatchToken.
+func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.AgentIdentity_WatchTokenServer) error {
+	ctx := stream.Context()
+	c, err := b.authorize(ctx, in)
+	if err != nil {
+		b.auditDenied(c, err)
+		return err
+	}
+	if _, _, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh); err != nil {
+		return b.fetchError(ctx, err)
+	}
+	sub := b.cache.Watch(c.key)
+	defer sub.Finish()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-sub.Updates():
+			if !ok {
+				return nil
+			}
+			if ev.Revoked {
+				_ = stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Revoked{Revoked: &agentidv1.Revocation{Reason: ev.Reason, At: timestamppb.New(b.now())}}})
+				return nil
+			}
+			if ev.Token == nil {
+				continue
+			}
+			if err := c.peer.Alive(); err != nil {
+				return rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited", 0, nil)
+			}
+			if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *ev.Token, cache.SourceCache)}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// EndTask implements AgentIdentity.EndTask: grants bound to the task are revoked (and their tokens purged) before it returns.
+func (b *Broker) EndTask(ctx context.Context, in *agentidv1.EndTaskRequest) (*agentidv1.EndTaskResponse, error) {
+	if in.GetTaskId() == "" || len(in.GetTaskId()) > maxFieldLen || !printable(in.GetTaskId()) {
+		return nil, badRequest("task_id is required")
+	}
+	if _, ok := ipc.PeerFromContext(ctx); !ok {
+		return nil, rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
+	}
+	out := &agentidv1.EndTaskResponse{}
+	for _, g := range b.consent.EndTask(in.GetTaskId()) {
+		out.RevokedGrantIds = append(out.RevokedGrantIds, g.ID)
+	}
+	return out, nil
+}
+
+func (b *Broker) auditDenied(c *call, err error) {
+	if c == nil {
+		return
+	}
+	_, _ = b.audit.Append(b.record(c, audit.EventTokenDenied, audit.OutcomeDenied, ReasonOf(err), nil))
+}
+
+func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token) audit.Record {
+	r := audit.Record{Event: event, Outcome: outcome, Reason: reason, Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes,
+		GrantID: c.grant.ID, Chain: c.grant.Chain}
+	if c.user != nil {
+		r.User = audit.User{OID: c.user.OID, UPN: c.user.UPN}
+	}
+	r.Agent = audit.Agent{AppID: c.agent.AppID, Name: c.agent.Name}
+	if c.peer != nil {
+		r.Peer = audit.Peer{PID: c.peer.PID, UID: strconv.Itoa(c.peer.UID), Exe: c.proc.ExePath, SHA256: prefix(c.via.SHA256)}
+	}
+	if tok != nil {
+		r.Token = audit.NewTokenRef(tok.AccessToken, "", tok.ExpiresAt)
+	}
+	return r
+}
+
+func (b *Broker) recordIssued(c *call, src cache.Source, tok *cache.Token) audit.Record {
+	r := b.record(c, audit.EventTokenIssued, audit.OutcomeOK, "", tok)
+	r.Source = string(src)
+	return r
+}
+
+func prefix(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+// Remember records what a refresh of a restored key needs.
+func (b *Broker) Remember(k cache.Key, grantID, claims string) {
+	b.keyInfo.Store(k.ID(), keyInfo{claims: claims, grantID: grantID, scopes: k.Scopes})
+}
+
+// ClaimsFor returns the raw claims a key was minted for ("" for none).
+func (b *Broker) ClaimsFor(k cache.Key) string {
+	if v, ok := b.keyInfo.Load(k.ID()); ok {
+		return v.(keyInfo).claims
+	}
+	return ""
+}

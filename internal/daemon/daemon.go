@@ -1,0 +1,384 @@
+// Package daemon wires agentidd together and owns its lifecycle: config and reload, the secret and state stores, the
+// IdP client, the serving cache, consent, audit, and the gRPC server on the local endpoint.
+package daemon
+
+import (
+	_ "github.com/agentidd/agentidd/platform/osimpl"
+
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/broker"
+	"github.com/agentidd/agentidd/internal/cache"
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/internal/consent"
+	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/internal/store"
+	"github.com/agentidd/agentidd/ipc"
+	"github.com/agentidd/agentidd/platform"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+// Version is set by the linker.
+var Version = "dev"
+
+// maxRequestBytes bounds one request message: a GetTokenRequest is well under 16 KiB even with a claims challenge.
+const maxRequestBytes = 64 << 10
+
+// Options configures Run.
+type Options struct {
+	ConfigPath string
+	Log        *slog.Logger
+}
+
+// Daemon is one running agentidd.
+type Daemon struct {
+	cfgPath  string
+	log      *slog.Logger
+	cfgMu    sync.Mutex
+	cfg      *config.Config
+	secrets  platform.SecretStore
+	store    *store.Store
+	idp      *entra.Client
+	cache    *cache.Cache
+	consent  *consent.Manager
+	audit    *audit.Log
+	broker   *broker.Broker
+	tokens   tokenStore
+	endpoint string
+	selfExe  string
+	selfHash string
+	inspect  platform.ProcessInspector
+	started  time.Time
+}
+
+// Run starts the daemon and serves until ctx is cancelled. Cancellation is a clean shutdown, not an error.
+func Run(ctx context.Context, o Options) error {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	d := &Daemon{cfgPath: o.ConfigPath, log: o.Log, started: time.Now()}
+	cfg, err := config.Load(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	d.cfg = cfg
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	d.inspect = platform.NewProcessInspector()
+	if d.selfExe, err = os.Executable(); err != nil {
+		return fmt.Errorf("finding own executable: %w", err)
+	}
+	if d.selfExe, err = filepath.EvalSymlinks(d.selfExe); err != nil {
+		return fmt.Errorf("resolving own executable: %w", err)
+	}
+	if d.selfHash, err = d.inspect.ExeDigest(d.selfExe); err != nil {
+		return fmt.Errorf("hashing own executable: %w", err)
+	}
+
+	if err := d.openState(); err != nil {
+		return err
+	}
+	defer d.closeState()
+
+	httpClient, err := idpHTTPClient(cfg)
+	if err != nil {
+		return err
+	}
+	d.idp, err = entra.New(entra.Config{
+		Authority: cfg.Authority, ClientID: cfg.ClientID, BlueprintAppID: cfg.BlueprintAppID,
+		UserScopes: []string{cfg.UserScope}, HTTPClient: httpClient, DevAuthority: cfg.DevCAFile != "",
+		Blobs: d.blobs(), BlueprintSecret: d.blueprintSecret,
+	})
+	if err != nil {
+		return err
+	}
+	if d.store != nil {
+		if a, err := d.idp.RestoreAccount(ctx); err != nil {
+			d.log.Warn("could not restore the previous sign-in", "err", err)
+		} else if a != nil {
+			d.log.Info("restored sign-in", "user_oid", a.OID)
+		}
+	}
+
+	if d.audit, err = audit.Open(filepath.Join(cfg.StateDir, "audit.jsonl"), audit.Options{}); err != nil {
+		return fmt.Errorf("opening audit log: %w", err)
+	}
+	defer d.audit.Close()
+
+	var b *broker.Broker
+	d.cache = cache.New(cache.Options{
+		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) {
+			tok, err := b.Fetch(ctx, k)
+			if err == nil && d.store != nil {
+				d.tokens.save(k, tok, b.ClaimsFor(k))
+			}
+			return tok, err
+		},
+		RefreshWindow: cfg.RefreshWindow.Duration,
+		Classify:      classifyForCache,
+		RetryAfter:    func(err error) time.Duration { return entra.Classify(err).RetryAfter },
+		OnPermanent:   d.onPermanent,
+		Log:           d.log,
+	})
+	d.consent, err = consent.NewManager(consent.Options{
+		Prompter:     platform.NewPrompter(),
+		Persist:      d.consentPersister(),
+		DenyCooldown: cfg.DenyCooldown.Duration,
+		OnRevoke:     d.onGrantRevoked,
+		OnDecision:   d.onConsentDecision,
+		Log:          d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("loading consent state: %w", err)
+	}
+	b = broker.New(broker.Options{Config: cfg, IdP: d.idp, Cache: d.cache, Consent: d.consent, Audit: d.audit,
+		Attestor: attest.New(d.inspect), Inspector: d.inspect, Log: d.log})
+	d.broker = b
+	if why := d.degradedReason(); why != "" {
+		b.SetDegraded(why)
+	}
+	d.restoreTokens(b)
+
+	endpoint := cfg.Socket
+	if endpoint == "" {
+		if endpoint, err = ipc.DefaultPath(); err != nil {
+			return err
+		}
+	}
+	ln, err := ipc.Listen(endpoint)
+	if err != nil {
+		return err
+	}
+	d.endpoint = endpoint
+
+	srv := grpc.NewServer(
+		grpc.Creds(ipc.ServerCredentials()),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ChainUnaryInterceptor(ipc.UnaryGuard(), d.adminGateUnary),
+		grpc.ChainStreamInterceptor(ipc.StreamGuard(), d.adminGateStream),
+	)
+	agentidv1.RegisterAgentIdentityServer(srv, b)
+	agentidv1.RegisterAdminServer(srv, &admin{d: d})
+	hs := health.NewServer()
+	hs.SetServingStatus("agentid.v1.AgentIdentity", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go d.cache.Start(runCtx)
+	go d.consent.ExpireLoop(runCtx)
+	go d.watchConfig(runCtx)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	d.log.Info("agentidd is serving", "endpoint", endpoint, "pid", os.Getpid(), "version", Version)
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving: %w", err)
+		}
+	}
+	d.log.Info("shutting down")
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		srv.Stop() // watchers hold streams open forever; don't let them block shutdown
+	}
+	_ = ln.Close()
+	return nil
+}
+
+// openState opens the secret store and the encrypted state. A missing or locked secret store is not fatal: the daemon
+// starts degraded and says what to do, because crashing in a loop under a service manager helps nobody.
+func (d *Daemon) openState() error {
+	secrets, err := platform.OpenSecretStore(d.cfg.SecretStore, d.cfg.StateDir)
+	if err == nil {
+		err = platform.ProbeSecretStore(secrets)
+	}
+	if err != nil {
+		d.log.Error("secret store unavailable; starting degraded", "err", err)
+		return nil
+	}
+	d.secrets = secrets
+	st, err := store.Open(filepath.Join(d.cfg.StateDir, "state.db"), secrets, store.Options{})
+	if err != nil {
+		return fmt.Errorf("opening encrypted state: %w", err)
+	}
+	d.store = st
+	d.tokens = tokenStore{st: st, log: d.log}
+	return nil
+}
+
+func (d *Daemon) closeState() {
+	if d.store != nil {
+		if err := d.store.Close(); err != nil {
+			d.log.Warn("closing state", "err", err)
+		}
+	}
+}
+
+func (d *Daemon) degradedReason() string {
+	if d.secrets != nil {
+		return ""
+	}
+	secrets, err := platform.OpenSecretStore(d.cfg.SecretStore, d.cfg.StateDir)
+	if err == nil {
+		err = platform.ProbeSecretStore(secrets)
+	}
+	var unavailable *platform.SecretStoreUnavailableError
+	if errors.As(err, &unavailable) {
+		return fmt.Sprintf("secret store unavailable (%s: %s): %s", unavailable.Backend, unavailable.Reason, unavailable.Remedy)
+	}
+	return "secret store unavailable: start or unlock the OS keyring, or opt in to secret_store = \"file\""
+}
+
+func (d *Daemon) blobs() entra.BlobStore {
+	if d.store == nil {
+		return nil
+	}
+	return msalBlobs{st: d.store}
+}
+
+func (d *Daemon) consentPersister() consent.Persister {
+	if d.store == nil {
+		return nil
+	}
+	return consentPersist{st: d.store}
+}
+
+func (d *Daemon) blueprintSecret() (string, error) {
+	if d.secrets == nil {
+		return "", errors.New("secret store unavailable")
+	}
+	b, err := d.secrets.Get(platform.BlueprintItem(d.cfg.BlueprintAppID))
+	if errors.Is(err, platform.ErrSecretNotFound) {
+		return "", fmt.Errorf("no credential for blueprint %s: run `agentidd secret set --blueprint %s`", d.cfg.BlueprintAppID, d.cfg.BlueprintAppID)
+	}
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// restoreTokens puts still-valid served tokens back into the cache, so they are served at once even with the IdP down.
+func (d *Daemon) restoreTokens(b *broker.Broker) {
+	if d.store == nil {
+		return
+	}
+	n := 0
+	for _, s := range d.tokens.load(time.Now()) {
+		b.Remember(s.Key, s.Token.GrantID, s.Claims)
+		d.cache.Put(s.Key, s.Token)
+		n++
+	}
+	if n > 0 {
+		d.log.Info("restored served tokens from the encrypted store", "count", n)
+	}
+}
+
+// onGrantRevoked runs before a revocation returns: the cache and the store are purged first.
+func (d *Daemon) onGrantRevoked(g consent.Grant, reason string) {
+	n := d.cache.PurgeGrant(g.ID, reason)
+	d.broker.ForgetGrant(g.ID)
+	if d.store != nil {
+		d.tokens.purge(func(s servedToken) bool { return s.Token.GrantID == g.ID })
+	}
+	_, _ = d.audit.Append(audit.Record{Event: audit.EventGrantRevoked, Outcome: audit.OutcomeOK, Reason: reason, GrantID: g.ID,
+		User: audit.User{OID: g.UserOID}, Agent: audit.Agent{AppID: g.AgentAppID, Name: g.AgentName}, Mode: g.Mode, Resource: g.Resource, Scopes: g.Scopes})
+	d.log.Info("grant revoked", "grant", g.ID, "reason", reason, "purged_tokens", n)
+}
+
+// onConsentDecision writes the two-principal record of a consent decision, however it was made (prompt or terminal).
+func (d *Daemon) onConsentDecision(dec consent.Decision) {
+	r := audit.Record{Event: audit.EventConsentDenied, Outcome: audit.OutcomeDenied, Reason: dec.Reason, RequestID: dec.Request.ID,
+		User: audit.User{OID: dec.Request.UserOID, UPN: dec.Request.UserUPN}, Agent: audit.Agent{AppID: dec.Request.AgentAppID, Name: dec.Request.AgentName},
+		Chain: dec.Request.Chain, Mode: dec.Request.Mode, Resource: dec.Request.Resource, Scopes: dec.Request.Scopes,
+		Peer: audit.Peer{PID: dec.Request.Process.PID, Exe: dec.Request.Process.ExePath, SHA256: dec.Request.Process.SHA256Prefix}}
+	if dec.Allowed {
+		r.Event, r.Outcome = audit.EventConsentApproved, audit.OutcomeOK
+		if dec.Grant != nil {
+			r.GrantID = dec.Grant.ID
+		}
+	}
+	r.Source = dec.Via
+	_, _ = d.audit.Append(r)
+}
+
+// onPermanent widens a permanent refresh failure to every token derived from the condemned principal.
+func (d *Daemon) onPermanent(k cache.Key, err error) {
+	e := entra.Classify(err)
+	var n int
+	switch e.Subject {
+	case entra.SubjectUser:
+		n = d.cache.PurgeUser(k.UserOID, "sign-in revoked: "+e.Error())
+		if d.store != nil {
+			d.tokens.purge(func(s servedToken) bool { return s.Key.UserOID == k.UserOID })
+		}
+	case entra.SubjectAgent:
+		n = d.cache.PurgeAgent(k.AgentAppID, "agent identity refused: "+e.Error())
+		if d.store != nil {
+			d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == k.AgentAppID })
+		}
+	default:
+		if d.store != nil {
+			d.tokens.remove(k)
+		}
+	}
+	_, _ = d.audit.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: e.Error(), User: audit.User{OID: k.UserOID},
+		Agent: audit.Agent{AppID: k.AgentAppID}, Mode: k.Mode, Resource: k.Resource, Scopes: k.Scopes})
+	d.log.Warn("permanent identity provider failure; purged derived tokens", "class", e.Class.String(), "purged", n)
+}
+
+func classifyForCache(err error) cache.Class {
+	switch entra.Classify(err).Class {
+	case entra.ClassTransient:
+		return cache.Transient
+	case entra.ClassPermanent:
+		return cache.Permanent
+	case entra.ClassInteraction:
+		return cache.Interaction
+	}
+	return cache.Other
+}
+
+// idpHTTPClient trusts the emulator's CA only when the config names it (dev mode); otherwise the system roots.
+func idpHTTPClient(cfg *config.Config) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.ResponseHeaderTimeout = 20 * time.Second
+	if cfg.DevCAFile != "" {
+		pem, err := os.ReadFile(cfg.DevCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading dev_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("dev_ca_file %s holds no PEM certificate", cfg.DevCAFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
+}

@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/agentidd/agentidd/internal/cache"
+	"github.com/agentidd/agentidd/internal/store"
+)
+
+// Buckets of the encrypted store.
+const (
+	bucketMSAL    = "msal"
+	bucketTokens  = "tokens"
+	bucketConsent = "consent"
+	bucketAudit   = "audit"
+)
+
+// msalBlobs backs MSAL's caches (the user's refresh token, blueprint exchange tokens) with the encrypted store.
+type msalBlobs struct{ st *store.Store }
+
+func (m msalBlobs) LoadBlob(name string) ([]byte, error) {
+	b, err := m.st.Get(bucketMSAL, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	return b, err
+}
+
+func (m msalBlobs) SaveBlob(name string, data []byte) error { return m.st.Put(bucketMSAL, name, data) }
+
+// consentPersist keeps grants and remembered denials in the encrypted store.
+type consentPersist struct{ st *store.Store }
+
+func (c consentPersist) LoadConsent() ([]byte, error) {
+	b, err := c.st.Get(bucketConsent, "state")
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	return b, err
+}
+
+func (c consentPersist) SaveConsent(b []byte) error { return c.st.Put(bucketConsent, "state", b) }
+
+// servedToken is one serving-cache entry at rest, with what a refresh after restart needs.
+type servedToken struct {
+	Version int         `json:"v"`
+	Key     cache.Key   `json:"key"`
+	Token   cache.Token `json:"token"`
+	Claims  string      `json:"claims,omitempty"`
+}
+
+const servedTokenVersion = 1
+
+// tokenStore persists served tokens so that a restart while the IdP is down still serves valid ones.
+type tokenStore struct {
+	st  *store.Store
+	log *slog.Logger
+}
+
+func (t tokenStore) save(k cache.Key, tok cache.Token, claims string) {
+	b, err := json.Marshal(servedToken{Version: servedTokenVersion, Key: k, Token: tok, Claims: claims})
+	if err == nil {
+		err = t.st.Put(bucketTokens, k.ID(), b)
+	}
+	if err != nil {
+		t.log.Warn("could not persist a served token; it will not survive a restart", "err", err)
+	}
+}
+
+func (t tokenStore) remove(k cache.Key) {
+	if err := t.st.Delete(bucketTokens, k.ID()); err != nil {
+		t.log.Warn("could not delete a purged token from the store", "err", err)
+	}
+}
+
+// load returns every stored token still valid at now; expired ones are deleted.
+func (t tokenStore) load(now time.Time) []servedToken {
+	var out []servedToken
+	var expired []string
+	err := t.st.ForEach(bucketTokens, func(key string, value []byte) error {
+		var s servedToken
+		if err := json.Unmarshal(value, &s); err != nil || s.Version != servedTokenVersion {
+			expired = append(expired, key)
+			return nil
+		}
+		if !s.Token.ExpiresAt.After(now) {
+			expired = append(expired, key)
+			return nil
+		}
+		out = append(out, s)
+		return nil
+	})
+	if err != nil {
+		t.log.Warn("reading stored tokens failed", "err", err)
+	}
+	for _, k := range expired {
+		_ = t.st.Delete(bucketTokens, k)
+	}
+	return out
+}
+
+// purge deletes every stored token that match selects, so a revocation also holds across a restart.
+func (t tokenStore) purge(match func(servedToken) bool) {
+	var doomed []string
+	_ = t.st.ForEach(bucketTokens, func(key string, value []byte) error {
+		var s servedToken
+		if json.Unmarshal(value, &s) != nil || match(s) {
+			doomed = append(doomed, key)
+		}
+		return nil
+	})
+	for _, k := range doomed {
+		_ = t.st.Delete(bucketTokens, k)
+	}
+}

@@ -1,0 +1,88 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/agentidd/agentidd/internal/config"
+)
+
+func osPID() int { return os.Getpid() }
+
+func (d *Daemon) config() *config.Config {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	return d.cfg
+}
+
+func (d *Daemon) auditPath() string { return filepath.Join(d.config().StateDir, "audit.jsonl") }
+
+// watchConfig reloads the config when its file changes. Editors replace files by rename, so the directory is watched,
+// not the file. A config that fails to parse is logged and the last good one stays in force.
+func (d *Daemon) watchConfig(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		d.log.Warn("config live reload unavailable", "err", err)
+		return
+	}
+	defer w.Close()
+	if err := w.Add(filepath.Dir(d.cfgPath)); err != nil {
+		d.log.Warn("config live reload unavailable", "err", err)
+		return
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if filepath.Clean(ev.Name) == filepath.Clean(d.cfgPath) {
+				debounce = time.After(200 * time.Millisecond)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			d.log.Warn("config watcher", "err", err)
+		case <-debounce:
+			d.reload()
+		}
+	}
+}
+
+func (d *Daemon) reload() {
+	cfg, err := config.Load(d.cfgPath)
+	if err != nil {
+		d.log.Error("config reload failed; keeping the last good config", "err", err)
+		return
+	}
+	old := d.config()
+	if cfg.Authority != old.Authority || cfg.ClientID != old.ClientID || cfg.BlueprintAppID != old.BlueprintAppID ||
+		cfg.StateDir != old.StateDir || cfg.Socket != old.Socket || cfg.SecretStore != old.SecretStore || cfg.DevCAFile != old.DevCAFile {
+		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store and dev_ca_file need a restart; keeping the last good config")
+		return
+	}
+	// Agents that are gone lose their grants and tokens before the new config is in force.
+	for _, a := range old.Agents {
+		if _, still := cfg.Agent(a.Name); !still {
+			d.consent.RevokeAgent(a.AppID, "agent removed from config")
+			d.cache.PurgeAgent(a.AppID, "agent removed from config")
+			if d.store != nil {
+				appID := a.AppID
+				d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == appID })
+			}
+		}
+	}
+	d.cfgMu.Lock()
+	d.cfg = cfg
+	d.cfgMu.Unlock()
+	d.broker.SetConfig(cfg)
+	d.log.Info("config reloaded", "agents", len(cfg.Agents))
+}
