@@ -242,3 +242,23 @@ func TestPipeSDDL(t *testing.T) {
 		t.Errorf("pipeName = %q", got)
 	}
 }
+
+func TestStartTimeLive(t *testing.T) {
+	tests := []struct {
+		name    string
+		read    func(int) (uint64, error)
+		wantErr bool
+	}{
+		{"same", func(int) (uint64, error) { return 5, nil }, false},
+		{"reused", func(int) (uint64, error) { return 6, nil }, true},
+		{"gone", func(int) (uint64, error) { return 0, errors.New("no process") }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := (&startTimeLive{pid: 9, start: 5, read: tt.read}).alive()
+			if (err != nil) != tt.wantErr || (err != nil && !errors.Is(err, ErrPeerGone)) {
+				t.Fatalf("alive = %v, wantErr %v (as ErrPeerGone)", err, tt.wantErr)
+			}
+		})
+	}
+}
