@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -291,10 +292,10 @@ func (e *Emulator) middleware(next http.Handler) http.Handler {
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			if ep == "token" || ep == "devicecode" {
-				if err := r.ParseForm(); err == nil {
-					grant, client = r.PostForm.Get("grant_type"), r.PostForm.Get("client_id")
+				// Parse a copy: the handler parses the body itself and must see any syntax error.
+				if v, err := url.ParseQuery(string(body)); err == nil {
+					grant, client = v.Get("grant_type"), v.Get("client_id")
 				}
-				r.Body = io.NopCloser(bytes.NewReader(body))
 			}
 		}
 		e.counter.record(ep, grant, client, time.Now())
