@@ -109,9 +109,15 @@ func TestCrashSafety(t *testing.T) {
 		}
 		lines := make(chan string, 1024)
 		go func() {
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				lines <- sc.Text()
+			// Only newline-terminated lines count: a fragment cut off by
+			// the kill is not an acknowledgement.
+			r := bufio.NewReader(stdout)
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					break
+				}
+				lines <- strings.TrimSuffix(l, "\n")
 			}
 			close(lines)
 		}()

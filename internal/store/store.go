@@ -318,6 +318,11 @@ func verify(path string, key []byte) (err error) {
 		}
 		meta := tx.Bucket([]byte(metaBucket))
 		if meta == nil {
+			if name, _ := tx.Cursor().First(); name == nil {
+				// bbolt initialized the file but we crashed before the
+				// header's commit: nothing to lose, initMeta finishes it.
+				return nil
+			}
 			return undecryptable("no agentidd header")
 		}
 		v := meta.Get([]byte(metaFormat))

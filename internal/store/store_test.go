@@ -382,6 +382,11 @@ var corruptions = []corruption{
 	{"header missing", func(t *testing.T, path string, _ platform.SecretStore) {
 		rawEdit(t, path, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(metaBucket)) })
 	}, "no agentidd header"},
+	{"header version zero", func(t *testing.T, path string, _ platform.SecretStore) {
+		rawEdit(t, path, func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte(metaBucket)).Put([]byte(metaFormat), []byte{0, 0, 0, 0})
+		})
+	}, "invalid format 0"},
 }
 
 // rawEdit changes the file behind the store's back, as a disk or another
@@ -722,5 +727,28 @@ func TestReset(t *testing.T) {
 	// Nothing to reset is fine too.
 	if moved, err := Reset(filepath.Join(t.TempDir(), "none.db"), platform.NewFileSecretStore(t.TempDir()), Options{}); err != nil || moved != "" {
 		t.Errorf("Reset of nothing = %q, %v", moved, err)
+	}
+}
+
+func TestCrashBeforeHeaderIsNotCorrupt(t *testing.T) {
+	path, secrets := newEnv(t)
+	populate(t, path, secrets) // creates the key and a file
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	// What a crash between bbolt's initialization and the header commit
+	// leaves: a valid, empty database.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s := mustOpen(t, path, secrets, Options{})
+	defer s.Close()
+	if len(corruptFiles(t, path)) != 0 {
+		t.Error("an empty database was moved aside")
+	}
+	if err := s.Put("tokens", "k", []byte("v")); err != nil {
+		t.Fatal(err)
 	}
 }
