@@ -90,23 +90,19 @@ var _ platform.KeyringBackend = (*SecretService)(nil)
 
 // KeyringGet returns the value of item, or platform.ErrSecretNotFound.
 func (s *SecretService) KeyringGet(item string) (string, error) {
-	var v string
-	err := s.do(func() error {
-		var err error
-		v, err = keyring.Get(s.Service, item)
-		return err
-	})
-	return v, err
+	return s.do(func() (string, error) { return keyring.Get(s.Service, item) })
 }
 
 // KeyringSet stores value under item, replacing any previous value.
 func (s *SecretService) KeyringSet(item, value string) error {
-	return s.do(func() error { return keyring.Set(s.Service, item, value) })
+	_, err := s.do(func() (string, error) { return "", keyring.Set(s.Service, item, value) })
+	return err
 }
 
 // KeyringDelete removes item; platform.ErrSecretNotFound when it is absent.
 func (s *SecretService) KeyringDelete(item string) error {
-	return s.do(func() error { return keyring.Delete(s.Service, item) })
+	_, err := s.do(func() (string, error) { return "", keyring.Delete(s.Service, item) })
+	return err
 }
 
 // Describe names the backend and, once reached, the program behind it:
@@ -133,21 +129,29 @@ func (s *SecretService) timeout() time.Duration {
 	return DefaultSecretServiceTimeout
 }
 
-func (s *SecretService) do(op func() error) error {
+func (s *SecretService) do(op func() (string, error)) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
 	if err := s.preflight(ctx); err != nil {
-		return err
+		return "", err
 	}
 	// go-keyring takes no context; if it hangs (a prompt appeared after the
-	// preflight) the goroutine is abandoned. It holds no lock of ours.
-	done := make(chan error, 1)
-	go func() { done <- op() }()
+	// preflight) the goroutine is abandoned. It shares nothing with us but
+	// the buffered channel.
+	type result struct {
+		v   string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := op()
+		done <- result{v, err}
+	}()
 	select {
-	case err := <-done:
-		return classify(err)
+	case r := <-done:
+		return r.v, classify(r.err)
 	case <-ctx.Done():
-		return unavailable(fmt.Sprintf("the Secret Service did not answer within %s", s.timeout()), remedyTimeout, nil)
+		return "", unavailable(fmt.Sprintf("the Secret Service did not answer within %s", s.timeout()), remedyTimeout, nil)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	dbus "github.com/godbus/dbus/v5"
+	keyring "github.com/zalando/go-keyring"
 
 	"github.com/agentidd/agentidd/platform"
 )
@@ -239,5 +240,83 @@ func lockedChild(t *testing.T) {
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("%s took %v: a locked keyring must be reported, not waited on", tc.name, d)
 		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name       string
+		err        error
+		notFound   bool
+		wantReason string // "" means not an unavailable error
+	}{
+		{"nil", nil, false, ""},
+		{"not found", keyring.ErrNotFound, true, ""},
+		{"no service", dbus.Error{Name: "org.freedesktop.DBus.Error.ServiceUnknown"}, false, "nothing provides"},
+		{"no owner", &dbus.Error{Name: "org.freedesktop.DBus.Error.NameHasNoOwner"}, false, "nothing provides"},
+		{"locked", dbus.Error{Name: "org.freedesktop.Secret.Error.IsLocked"}, false, "locked"},
+		{"no reply", dbus.Error{Name: "org.freedesktop.DBus.Error.NoReply"}, false, "did not reply"},
+		{"no collection", dbus.Error{Name: "org.freedesktop.Secret.Error.NoSuchObject"}, false, "no default keyring"},
+		{"other dbus error", dbus.Error{Name: "org.freedesktop.DBus.Error.AccessDenied"}, false, "refused"},
+		{"prompt dismissed", errors.New("failed to unlock correct collection '/org/freedesktop/secrets/aliases/default'"), false, "locked"},
+		{"deadline", fmt.Errorf("call: %w", context.DeadlineExceeded), false, "did not answer"},
+		{"too big", keyring.ErrSetDataTooBig, false, ""},
+		{"anything else", errors.New("boom"), false, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := classify(tc.err)
+			if tc.err == nil {
+				if err != nil {
+					t.Fatalf("classify(nil) = %v", err)
+				}
+				return
+			}
+			if got := errors.Is(err, platform.ErrSecretNotFound); got != tc.notFound {
+				t.Errorf("Is(ErrSecretNotFound) = %v, want %v (%v)", got, tc.notFound, err)
+			}
+			var ue *platform.SecretStoreUnavailableError
+			isUnavailable := errors.As(err, &ue)
+			if isUnavailable != (tc.wantReason != "") {
+				t.Fatalf("unavailable = %v, want %v (%v)", isUnavailable, tc.wantReason != "", err)
+			}
+			if isUnavailable && (!strings.Contains(ue.Reason, tc.wantReason) || ue.Remedy == "" || ue.Backend != "Secret Service") {
+				t.Errorf("got %+v, want reason containing %q and a remedy", ue, tc.wantReason)
+			}
+		})
+	}
+}
+
+func TestProviderName(t *testing.T) {
+	tests := map[string]string{
+		"gnome-keyring-d": "gnome-keyring",
+		"kwalletd6":       "KWallet",
+		"ksecretd":        "KWallet",
+		"keepassxc":       "KeePassXC",
+		"other":           "other",
+		"":                "",
+	}
+	for comm, want := range tests {
+		if got := providerName(comm); got != want {
+			t.Errorf("providerName(%q) = %q, want %q", comm, got, want)
+		}
+	}
+}
+
+// TestSecretServiceTimeout: an operation that never returns (an unlock
+// prompt nobody answers) is reported as unavailable once the timeout passes.
+func TestSecretServiceTimeout(t *testing.T) {
+	requireSecretService(t)
+	s := &SecretService{Service: platform.SecretService, Timeout: 300 * time.Millisecond}
+	block := make(chan struct{})
+	defer close(block)
+	start := time.Now()
+	_, err := s.do(func() (string, error) { <-block; return "", nil })
+	var ue *platform.SecretStoreUnavailableError
+	if !errors.As(err, &ue) || !strings.Contains(ue.Reason, "did not answer") || !strings.Contains(ue.Remedy, "unlock") {
+		t.Fatalf("do = %v, want unavailable after the timeout", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v with a 300ms timeout", d)
 	}
 }
