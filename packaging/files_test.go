@@ -302,3 +302,58 @@ func TestParsePlistRejectsMalformed(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowsWxs checks the WiX source is well-formed and stays a per-user package: a ServiceInstall element
+// would make the MSI fail (services need a per-machine install), and autostart must remain opt-in.
+func TestWindowsWxs(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("windows", "agentidd.wxs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(data))
+	d.Strict = true
+	var scope string
+	levels := map[string]string{}
+	elements := map[string]int{}
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("agentidd.wxs is not well-formed XML: %v", err)
+		}
+		se, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		elements[se.Name.Local]++
+		attr := func(name string) string {
+			for _, a := range se.Attr {
+				if a.Name.Local == name {
+					return a.Value
+				}
+			}
+			return ""
+		}
+		switch se.Name.Local {
+		case "Wix":
+			if se.Name.Space != "http://wixtoolset.org/schemas/v4/wxs" {
+				t.Errorf("Wix namespace %q is not WiX v4", se.Name.Space)
+			}
+		case "Package":
+			scope = attr("Scope")
+		case "Feature":
+			levels[attr("Id")] = attr("Level")
+		}
+	}
+	if scope != "perUser" {
+		t.Errorf("Package Scope = %q, want perUser", scope)
+	}
+	if elements["ServiceInstall"] > 0 || elements["ServiceControl"] > 0 {
+		t.Error("a per-user MSI cannot register a Windows service")
+	}
+	if levels["Main"] != "1" || levels["Autostart"] != "1000" {
+		t.Errorf("feature levels = %v, want Main installed and Autostart opt-in", levels)
+	}
+}
