@@ -22,8 +22,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/agentidd/agentidd/client"
-	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
 const testAgent = "test-agent"
