@@ -481,6 +481,7 @@ func TestCorruptIsMovedAsideNotOverwritten(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			keyBefore, keyErrBefore := secrets.Get(platform.DataKeyItem)
 
 			s, err := Open(path, secrets, Options{Now: func() time.Time { return now }})
 			if err == nil {
@@ -510,6 +511,11 @@ func TestCorruptIsMovedAsideNotOverwritten(t *testing.T) {
 			}
 			if _, err := os.Stat(path); !os.IsNotExist(err) {
 				t.Errorf("original path still exists after a refused open (err %v): nothing may be created in its place", err)
+			}
+			// A refused open must not "repair" the key either.
+			keyAfter, keyErrAfter := secrets.Get(platform.DataKeyItem)
+			if !bytes.Equal(keyBefore, keyAfter) || errors.Is(keyErrBefore, platform.ErrSecretNotFound) != errors.Is(keyErrAfter, platform.ErrSecretNotFound) {
+				t.Error("a refused open changed the data key in the secret store")
 			}
 
 			// Opening again without FreshOnCorrupt starts fresh only
@@ -750,5 +756,44 @@ func TestCrashBeforeHeaderIsNotCorrupt(t *testing.T) {
 	}
 	if err := s.Put("tokens", "k", []byte("v")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	path, secrets := newEnv(t)
+	s := mustOpen(t, path, secrets, Options{})
+	defer s.Close()
+	const workers, ops = 8, 40
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range ops {
+				k := fmt.Sprintf("w%d-%d", w, i)
+				if err := s.Put("tokens", k, []byte(k)); err != nil {
+					errs <- err
+					return
+				}
+				if v, err := s.Get("tokens", k); err != nil || string(v) != k {
+					errs <- fmt.Errorf("Get %s = %q, %v", k, v, err)
+					return
+				}
+				if i%4 == 0 {
+					if err := s.ForEach("tokens", func(string, []byte) error { return nil }); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	if err := s.ForEach("tokens", func(string, []byte) error { n++; return nil }); err != nil || n != workers*ops {
+		t.Fatalf("ForEach saw %d records (err %v), want %d", n, err, workers*ops)
 	}
 }
