@@ -174,8 +174,6 @@ func (h *harness) set(at time.Time) {
 	h.waitIdle()
 }
 
-func (h *harness) advance(d time.Duration) { h.t.Helper(); h.set(h.clk.Now().Add(d)) }
-
 // waitIdle waits until no refresh or fetch is running and nothing in the heap is due at the fake now.
 func (h *harness) waitIdle() {
 	h.t.Helper()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,7 +169,7 @@ func TestPurgeRacesGet(t *testing.T) {
 		return Token{AccessToken: fmt.Sprintf("t-%d-%d", seq.Load(), stamp), ExpiresAt: clk.Now().Add(time.Hour), GrantID: "g1",
 			Meta: map[string]string{"stamp": fmt.Sprint(stamp)}}, nil
 	}
-	c := New(Options{Now: clk.Now, Fetch: fetch})
+	c := New(Options{Now: clk.Now, Fetch: fetch, Log: slog.New(slog.DiscardHandler)})
 	purgers := []func(){
 		func() { c.PurgeUser("u1", "x") },
 		func() { c.PurgeAgent("a1", "x") },
