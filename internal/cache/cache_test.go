@@ -3,9 +3,11 @@ package cache
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -300,6 +302,7 @@ func TestRefreshSpreadAndConcurrencyCap(t *testing.T) {
 		o.MaxConcurrentRefresh = maxConc
 	})
 	h.idp.life = time.Hour
+	h.idp.delay = 200 * time.Microsecond
 	for i := range n {
 		k := testKey(i)
 		h.c.Put(k, tokenAt(t0, time.Hour, "t"))
@@ -337,8 +340,8 @@ func TestRefreshSpreadAndConcurrencyCap(t *testing.T) {
 			t.Errorf("%d refreshes started at %v: not spread", c, at.Sub(t0))
 		}
 	}
-	if m := h.idp.maxIn.Load(); m > maxConc {
-		t.Errorf("max concurrent refreshes = %d, cap %d", m, maxConc)
+	if m := h.idp.maxIn.Load(); m > maxConc || m < 2 {
+		t.Errorf("max concurrent refreshes = %d, want 2..%d (the cap, and some overlap to show it was tested)", m, maxConc)
 	}
 }
 
@@ -579,5 +582,35 @@ func TestBackoffDelay(t *testing.T) {
 				t.Fatalf("Delay(%d) = %v, want in [%v, %v]", tt.n, d, tt.lo, tt.hi)
 			}
 		}
+	}
+}
+
+// The production timer path (no fake After): a used token is refreshed on the real clock.
+func TestRefreshWithRealTimer(t *testing.T) {
+	var calls atomic.Int64
+	c := New(Options{
+		Jitter:  -1,
+		Backoff: Backoff{Min: 10 * time.Millisecond, Max: time.Second},
+		Log:     slog.New(slog.DiscardHandler),
+		Fetch: func(context.Context, Key) (Token, error) {
+			calls.Add(1)
+			return Token{AccessToken: "new", ExpiresAt: time.Now().Add(time.Hour)}, nil
+		},
+	})
+	k := testKey(1)
+	now := time.Now()
+	c.Put(k, Token{AccessToken: "old", IssuedAt: now, ExpiresAt: now.Add(400 * time.Millisecond)})
+	c.Lookup(k, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.Start(ctx)
+	c.Start(ctx) // a second Start is a no-op
+	waitFor(t, func() bool { tok, _ := c.Lookup(k, 0); return tok.AccessToken == "new" })
+	if since := time.Since(now); since < 250*time.Millisecond {
+		t.Errorf("refreshed after %v, before RefreshAt (300ms)", since)
+	}
+	cancel()
+	c.Wait()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("fetches = %d", n)
 	}
 }

@@ -81,6 +81,7 @@ type fakeIdP struct {
 	err      error
 	starts   []time.Time
 	grant    string
+	delay    time.Duration // real time each fetch takes, so concurrent refreshes overlap
 }
 
 func (p *fakeIdP) setErr(err error) {
@@ -104,6 +105,9 @@ func (p *fakeIdP) fetch(ctx context.Context, k Key) (Token, error) {
 	p.starts = append(p.starts, now)
 	err := p.err
 	p.mu.Unlock()
+	if p.delay > 0 {
+		time.Sleep(p.delay)
+	}
 	if p.gate != nil {
 		select {
 		case <-p.gate:

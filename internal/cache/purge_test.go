@@ -135,6 +135,24 @@ func TestInflightFetchDiscardedOnPurge(t *testing.T) {
 			}
 		})
 	}
+	t.Run("more purges than the log holds discard conservatively", func(t *testing.T) {
+		h := newHarness(t, false, nil)
+		h.idp.gate = make(chan struct{})
+		k := testKey(1)
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := h.c.Get(context.Background(), k, time.Minute, false)
+			errc <- err
+		}()
+		waitFor(t, func() bool { return h.idp.inflight.Load() == 1 })
+		for i := range purgeLogSize + 1 {
+			h.c.PurgeUser(fmt.Sprint("other-", i), "r")
+		}
+		close(h.idp.gate)
+		if err := <-errc; !errors.Is(err, ErrPurged) {
+			t.Fatalf("Get = %v, want ErrPurged", err)
+		}
+	})
 	t.Run("unrelated purge does not discard", func(t *testing.T) {
 		h := newHarness(t, false, nil)
 		h.idp.gate = make(chan struct{})
