@@ -118,9 +118,16 @@ type Backoff struct {
 func (b Backoff) Delay(n int) time.Duration {
 	d := b.Min
 	for i := 0; i < n && d < b.Max; i++ {
+		if d > b.Max/2 {
+			d = b.Max // doubling would pass Max, or overflow for a huge Max
+			break
+		}
 		d *= 2
 	}
 	d = min(d, b.Max)
+	if d <= 0 {
+		return 0
+	}
 	half := d / 2
 	return half + rand.N(d-half+1)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -575,6 +576,13 @@ func TestBackoffDelay(t *testing.T) {
 		{9, 150 * time.Second, 5 * time.Minute},
 		{60, 150 * time.Second, 5 * time.Minute},
 		{1000, 150 * time.Second, 5 * time.Minute},
+	}
+	huge := Backoff{Min: time.Second, Max: time.Duration(math.MaxInt64)}
+	if d := huge.Delay(200); d <= 0 {
+		t.Errorf("Delay with a huge Max overflowed: %v", d)
+	}
+	if d := (Backoff{}).Delay(3); d != 0 {
+		t.Errorf("zero Backoff: %v", d)
 	}
 	for _, tt := range tests {
 		for range 200 {
