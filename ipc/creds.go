@@ -33,6 +33,11 @@ func (serverCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo
 	if !ok {
 		return nil, nil, errNotIPCConn
 	}
+	// gRPC runs this per connection, off the accept loop, so an OS step
+	// that must wait for the client (Windows) cannot stall other clients.
+	if err := finishPeer(c); err != nil {
+		return nil, nil, err
+	}
 	return c, c.peer, nil
 }
 

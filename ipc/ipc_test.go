@@ -262,3 +262,23 @@ func TestStartTimeLive(t *testing.T) {
 		})
 	}
 }
+
+func TestConnReplaysPending(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := &conn{Conn: a, peer: NewPeerInfoForTest(1, 1, 1, "", 1, nil), pending: []byte("PRI")}
+	go func() { _, _ = b.Write([]byte(" *")) }()
+	buf := make([]byte, 2)
+	var got []byte
+	for len(got) < 5 {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != "PRI *" {
+		t.Fatalf("read %q, want %q", got, "PRI *")
+	}
+}

@@ -114,6 +114,10 @@ func sameUserAsDaemon(p *PeerInfo) error {
 	return nil
 }
 
+// finishPeer has nothing to do on Unix: the kernel recorded the peer's
+// credentials at connect.
+func finishPeer(*conn) error { return nil }
+
 // rawControl runs fn with the connection's fd.
 func rawControl(c *net.UnixConn, fn func(fd int)) error {
 	rc, err := c.SyscallConn()

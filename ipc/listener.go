@@ -38,6 +38,18 @@ type conn struct {
 	net.Conn
 	peer *PeerInfo
 	once sync.Once
+	// pending holds bytes read during the handshake (Windows reads before
+	// it may impersonate the client) and replays them to gRPC.
+	pending []byte
+}
+
+func (c *conn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 func (c *conn) Close() error {
