@@ -340,7 +340,7 @@ func (e *Emulator) handleOIDC(w http.ResponseWriter, r *http.Request) {
 		"authorization_endpoint":                p + "/oauth2/v2.0/authorize",
 		"device_authorization_endpoint":         p + "/oauth2/v2.0/devicecode",
 		"jwks_uri":                              p + "/discovery/v2.0/keys",
-		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt"},
 		"response_types_supported":              []string{"code"},
 		"response_modes_supported":              []string{"query", "form_post"},
 		"scopes_supported":                      []string{"openid", "profile", "email", "offline_access"},
