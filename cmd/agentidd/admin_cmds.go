@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentidd/agentidd/internal/store"
 	"github.com/agentidd/agentidd/platform"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
@@ -364,23 +365,28 @@ func resetCmd(g *globals) *cobra.Command {
 			}
 			path := filepath.Join(cfg.StateDir, "state.db")
 			if !yes {
-				fmt.Fprintf(cmd.ErrOrStderr(), "This deletes %s: the sign-in, all grants and cached tokens. Type yes to continue: ", path)
+				fmt.Fprintf(cmd.ErrOrStderr(), "This resets %s: the sign-in, all grants and cached tokens. Type yes to continue: ", path)
 				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
 				if strings.TrimSpace(line) != "yes" {
 					return errors.New("not confirmed; nothing deleted")
 				}
 			}
-			if c, err := g.dial(); err == nil {
-				_, statusErr := c.Admin.Status(cmd.Context(), &agentidv1.StatusRequest{})
-				c.Close()
-				if statusErr == nil {
-					return errors.New("the daemon is running: stop it first")
-				}
-			}
-			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			secrets, err := platform.OpenSecretStore(cfg.SecretStore, cfg.StateDir)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "state wiped")
+			movedTo, err := store.Reset(path, secrets, store.Options{})
+			if errors.Is(err, store.ErrInUse) {
+				return errors.New("the daemon is running: stop it first")
+			}
+			if err != nil {
+				return err
+			}
+			if movedTo != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "state reset; the old (now unreadable) file is at %s\n", movedTo)
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "state reset (there was none)")
+			}
 			return nil
 		},
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/config"
 	"github.com/agentidd/agentidd/internal/daemon"
+	"github.com/agentidd/agentidd/packaging/servicecfg"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
@@ -35,7 +37,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "", "config file (default $AGENTIDD_CONFIG or the user config dir)")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "daemon endpoint (default $AGENTIDD_SOCKET, the config's socket, or the per-user default)")
-	root.AddCommand(runCmd(g), loginCmd(g), logoutCmd(g), statusCmd(g), tokenCmd(g), grantsCmd(g), consentCmd(g), auditCmd(g), secretCmd(g), resetCmd(g))
+	root.AddCommand(runCmd(g), loginCmd(g), logoutCmd(g), statusCmd(g), tokenCmd(g), grantsCmd(g), consentCmd(g), auditCmd(g), secretCmd(g), resetCmd(g), serviceCmd(g))
 	return root
 }
 
@@ -90,7 +92,12 @@ func runCmd(g *globals) *cobra.Command {
 			if g.socket != "" {
 				os.Setenv("AGENTIDD_SOCKET", g.socket)
 			}
-			return daemon.Run(ctx, daemon.Options{ConfigPath: path, Log: log})
+			run := func(ctx context.Context) error { return daemon.Run(ctx, daemon.Options{ConfigPath: path, Log: log}) }
+			// Under the Windows service manager the daemon must report its state; elsewhere this does nothing.
+			if handled, err := servicecfg.RunManaged(run); handled {
+				return err
+			}
+			return run(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -91,7 +91,7 @@ type envOptions struct {
 
 // env is one emulator + one daemon on temp paths.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	emu      *emutest.Emulator
 	agentidd string
 	demo     string
@@ -105,7 +105,7 @@ type env struct {
 	opts     envOptions
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	if o.secretStore == "" {
 		o.secretStore = "file"
