@@ -266,3 +266,56 @@ func TestKeyRotation(t *testing.T) {
 		t.Error("a token signed by a retired key still verifies")
 	}
 }
+
+// TestMSALSilentRefresh: with 2-minute tokens MSAL never serves user tokens from its cache, so silent calls use the
+// refresh_token grant. MSAL Go fails an OBO outright when the result has under 5 minutes left ("access token is
+// expired", storage/partitioned_storage.go), so the OBO half runs with 10-minute tokens and forces the agent's
+// refresh with a claims request, which makes MSAL skip its cached access token.
+func TestMSALSilentRefresh(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{TokenLifetime: 2 * time.Minute})
+	ctx := context.Background()
+	pub := newPublic(t, emu)
+	user, err := signIn(t, emu, pub, emutest.DefaultUserUPN, emutest.DefaultUserPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu.ResetCounters()
+	for i := range 2 {
+		r, err := pub.AcquireTokenSilent(ctx, []string{emutest.BlueprintUserScope}, public.WithSilentAccount(user.Account))
+		if err != nil {
+			t.Fatalf("silent %d: %v", i, err)
+		}
+		if r.AccessToken == user.AccessToken {
+			t.Fatalf("silent %d returned the cached token", i)
+		}
+		wantClaims(t, "refreshed user token", verify(t, emu, r.AccessToken), map[string]any{
+			"aud": emutest.BlueprintAppID, "oid": emutest.DefaultUserOID, "scp": "access_as_user", "azp": emutest.PublicClientID,
+		})
+		user.AccessToken = r.AccessToken
+	}
+	emu.SetTokenLifetime(10 * time.Minute)
+	agent := newAgent(t, emu, newBlueprint(t, emu, emutest.BlueprintSecret), emutest.AgentAppID)
+	first, err := agent.AcquireTokenOnBehalfOf(ctx, user.AccessToken, []string{emutest.ResourceScopeRead})
+	if err != nil {
+		t.Fatalf("OBO: %v", err)
+	}
+	wantClaims(t, "OBO", verify(t, emu, first.AccessToken), map[string]any{"azp": emutest.AgentAppID, "oid": emutest.DefaultUserOID, "xms_cc": nil})
+	second, err := agent.AcquireTokenOnBehalfOf(ctx, user.AccessToken, []string{emutest.ResourceScopeRead},
+		confidential.WithClaims(`{"access_token":{"xms_cc":{"values":["cp1"]}}}`))
+	if err != nil {
+		t.Fatalf("OBO with claims: %v", err)
+	}
+	if second.AccessToken == first.AccessToken {
+		t.Fatal("claims request served from cache")
+	}
+	wantClaims(t, "refreshed OBO", verify(t, emu, second.AccessToken), map[string]any{
+		"azp": emutest.AgentAppID, "oid": emutest.DefaultUserOID, "scp": "Files.Read", "xms_act_fct": "11", "xms_cc": "[cp1]",
+	})
+	c, err := emu.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ByGrantType["refresh_token"] != 3 || c.ByClientID[emutest.AgentAppID] != 2 {
+		t.Errorf("counters = %+v", c)
+	}
+}
