@@ -37,10 +37,37 @@ func TestMain(m *testing.M) {
 	case "":
 		os.Exit(m.Run())
 	case "dial":
-		// Prints the gRPC code a health check got.
-		_, err := healthCheck(context.Background(), os.Getenv(envSock), true)
+		// Prints the gRPC code a health check got. A hostile client would
+		// not use ipc.Dial (which refuses a server of another uid), so
+		// this one dials the socket directly.
+		rawDial := func(ctx context.Context, path string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
+		_, err := healthCheckWith(context.Background(), os.Getenv(envSock), true, rawDial)
 		fmt.Println(status.Code(err))
 		os.Exit(0)
+	case "listen":
+		// A server of another uid: listens, says so, serves until killed.
+		ln, err := net.Listen("unix", os.Getenv(envSock))
+		if err != nil {
+			fmt.Println("listen:", err)
+			os.Exit(1)
+		}
+		fmt.Println("ready")
+		// Connections stay open until the parent kills us.
+		held := make(chan net.Conn, 16)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			select {
+			case held <- c:
+			default:
+				_ = c.Close()
+			}
+		}
 	case "hold":
 		// Connects, says so, and stays connected until stdin closes.
 		c, err := Dial(context.Background(), os.Getenv(envSock))
@@ -56,8 +83,12 @@ func TestMain(m *testing.M) {
 }
 
 func healthCheck(ctx context.Context, path string, withHeader bool) (*healthpb.HealthCheckResponse, error) {
+	return healthCheckWith(ctx, path, withHeader, Dial)
+}
+
+func healthCheckWith(ctx context.Context, path string, withHeader bool, dial func(context.Context, string) (net.Conn, error)) (*healthpb.HealthCheckResponse, error) {
 	cc, err := grpc.NewClient("passthrough:///agentidd",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return Dial(ctx, path) }),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx, path) }),
 		grpc.WithTransportCredentials(ClientCredentials()))
 	if err != nil {
 		return nil, err
@@ -297,6 +328,50 @@ func TestOtherUserPermissionDenied(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); got != codes.PermissionDenied.String() {
 		t.Fatalf("uid 65534 got %q, want PermissionDenied", got)
+	}
+}
+
+// TestDialRefusesOtherUsersServer: a socket served by another uid (say,
+// one created first at a guessable path) must not get our requests.
+func TestDialRefusesOtherUsersServer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a server as uid 65534")
+	}
+	base := t.TempDir()
+	for d := base; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(base, "run")
+	mkdir(t, dir, 0o700)
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "agentidd.sock")
+	bin := filepath.Join(base, "ipc.test")
+	copyFile(t, bin)
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"=listen", envSock+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("server child said %q", line)
+	}
+	c, err := Dial(context.Background(), path)
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial accepted a server of uid 65534")
+	}
+	if !strings.Contains(err.Error(), "served by uid 65534") {
+		t.Fatalf("Dial error %q does not name the server's uid", err)
 	}
 }
 

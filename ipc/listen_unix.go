@@ -84,7 +84,7 @@ func removeStale(path string) error {
 	if err == nil {
 		pid := 0
 		if uc, ok := c.(*net.UnixConn); ok {
-			pid = peerPID(uc)
+			_, pid, _ = peerIDs(uc)
 		}
 		_ = c.Close()
 		return &AlreadyRunningError{Path: path, PID: pid}
@@ -102,6 +102,17 @@ func dial(ctx context.Context, path string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
+		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
+	}
+	// The client checks the server too: a socket at a path another user
+	// could create first must not receive our requests (agent names, task
+	// ids, justifications) or hand us tokens of its choosing.
+	uid, _, err := peerIDs(c.(*net.UnixConn))
+	if err == nil && uid != os.Geteuid() {
+		err = fmt.Errorf("served by uid %d, not by this user (%d)", uid, os.Geteuid())
+	}
+	if err != nil {
+		_ = c.Close()
 		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
 	}
 	return c, nil

@@ -93,12 +93,21 @@ func darwinProc(pid int) (start uint64, uid int, err error) {
 	return uint64(tv.Sec)*1e6 + uint64(tv.Usec), int(kp.Eproc.Ucred.Uid), nil
 }
 
-func peerPID(c *net.UnixConn) int {
-	pid := 0
-	_ = rawControl(c, func(fd int) {
-		if v, err := unix.GetsockoptInt(fd, unix.SOL_LOCAL, unix.LOCAL_PEERPID); err == nil {
-			pid = v
-		}
-	})
-	return pid
+// peerIDs reads the other end's uid and pid (for clients: the server's).
+func peerIDs(c *net.UnixConn) (uid, pid int, err error) {
+	var xu *unix.Xucred
+	var credErr, pidErr error
+	if err := rawControl(c, func(fd int) {
+		xu, credErr = unix.GetsockoptXucred(fd, unix.SOL_LOCAL, unix.LOCAL_PEERCRED)
+		pid, pidErr = unix.GetsockoptInt(fd, unix.SOL_LOCAL, unix.LOCAL_PEERPID)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if credErr != nil {
+		return 0, 0, fmt.Errorf("LOCAL_PEERCRED: %w", credErr)
+	}
+	if pidErr != nil {
+		return 0, 0, fmt.Errorf("LOCAL_PEERPID: %w", pidErr)
+	}
+	return int(xu.Uid), pid, nil
 }

@@ -256,12 +256,17 @@ func parseStatusEUID(b []byte) (int, error) {
 	return 0, errors.New("malformed /proc status")
 }
 
-func peerPID(c *net.UnixConn) int {
-	pid := 0
-	_ = rawControl(c, func(fd int) {
-		if cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			pid = int(cred.Pid)
-		}
-	})
-	return pid
+// peerIDs reads the other end's uid and pid (for clients: the server's).
+func peerIDs(c *net.UnixConn) (uid, pid int, err error) {
+	var cred *unix.Ucred
+	var gerr error
+	if err := rawControl(c, func(fd int) {
+		cred, gerr = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if gerr != nil {
+		return 0, 0, fmt.Errorf("SO_PEERCRED: %w", gerr)
+	}
+	return int(cred.Uid), int(cred.Pid), nil
 }

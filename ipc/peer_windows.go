@@ -72,7 +72,7 @@ func listen(path string) (net.Listener, error) {
 func probeExisting(path, sid string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	c, err := dial(ctx, path)
+	c, err := dialPipe(ctx, path)
 	if err != nil {
 		if errors.Is(err, windows.ERROR_ACCESS_DENIED) {
 			return fmt.Errorf("ipc: pipe %s already exists and this user may not open it: another user's process holds the name; refusing to start", path)
@@ -96,6 +96,20 @@ func probeExisting(path, sid string) error {
 }
 
 func dial(ctx context.Context, path string) (net.Conn, error) {
+	c, err := dialPipe(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	// The client checks the server too: a pipe another user created
+	// first must not receive our requests or hand us tokens.
+	if err := checkServer(c); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func dialPipe(ctx context.Context, path string) (net.Conn, error) {
 	// Identification level lets the daemon read our token (who we are)
 	// but not act as us.
 	c, err := winio.DialPipeAccessImpLevel(ctx, path, windows.GENERIC_READ|windows.GENERIC_WRITE, winio.PipeImpLevelIdentification)
@@ -103,6 +117,29 @@ func dial(ctx context.Context, path string) (net.Conn, error) {
 		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
 	}
 	return c, nil
+}
+
+func checkServer(c net.Conn) error {
+	sid, err := currentSID()
+	if err != nil {
+		return err
+	}
+	h, err := pipeHandle(c)
+	if err != nil {
+		return err
+	}
+	var pid uint32
+	if err := windows.GetNamedPipeServerProcessId(h, &pid); err != nil {
+		return fmt.Errorf("GetNamedPipeServerProcessId: %w", err)
+	}
+	owner, err := processSID(pid)
+	if err != nil {
+		return fmt.Errorf("cannot read the owner of server pid %d: %w", pid, err)
+	}
+	if owner != sid {
+		return fmt.Errorf("served by %s (pid %d), not by this user", owner, pid)
+	}
+	return nil
 }
 
 func pipeHandle(c net.Conn) (windows.Handle, error) {
