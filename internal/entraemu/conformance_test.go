@@ -319,3 +319,43 @@ func TestMSALSilentRefresh(t *testing.T) {
 		t.Errorf("counters = %+v", c)
 	}
 }
+
+// TestMSALInteractiveAuthCode runs MSAL's AcquireTokenInteractive (auth code + PKCE S256, loopback redirect,
+// response_mode=form_post) with the browser replaced by emutest.CompleteAuthCode.
+func TestMSALInteractiveAuthCode(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pub := newPublic(t, emu)
+	cases := []struct {
+		name, password string
+		wantErr        bool
+	}{
+		{"wrong password", "nope", true},
+		{"signs in", emutest.DefaultUserPassword, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var browserErr error
+			res, err := pub.AcquireTokenInteractive(ctx, []string{emutest.BlueprintUserScope}, public.WithOpenURL(func(u string) error {
+				browserErr = emu.CompleteAuthCode(u, emutest.DefaultUserUPN, tc.password)
+				return browserErr
+			}))
+			if tc.wantErr {
+				if err == nil || browserErr == nil || !strings.Contains(browserErr.Error(), "AADSTS50126") {
+					t.Fatalf("err = %v, browser = %v", err, browserErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("interactive: %v (browser: %v)", err, browserErr)
+			}
+			wantClaims(t, "auth code user token", verify(t, emu, res.AccessToken), map[string]any{
+				"aud": emutest.BlueprintAppID, "oid": emutest.DefaultUserOID, "scp": "access_as_user", "azp": emutest.PublicClientID,
+			})
+			if res.Account.HomeAccountID != emutest.DefaultUserOID+"."+emutest.DefaultTenantID {
+				t.Errorf("account = %+v", res.Account)
+			}
+		})
+	}
+}

@@ -226,16 +226,12 @@ func (e *Emulator) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		renderPage(w, 400, page{Title: "Sign in", Message: "AADSTS50011: The redirect URI specified in the request does not match the redirect URIs configured for the application."})
 		return
 	}
+	mode := q.Get("response_mode")
+	if mode != "form_post" {
+		mode = "query"
+	}
 	fail := func(code, desc string) {
-		u, _ := url.Parse(redirect)
-		v := u.Query()
-		v.Set("error", code)
-		v.Set("error_description", desc)
-		if s := q.Get("state"); s != "" {
-			v.Set("state", s)
-		}
-		u.RawQuery = v.Encode()
-		http.Redirect(w, r, u.String(), http.StatusFound)
+		respondToClient(w, r, redirect, mode, url.Values{"error": {code}, "error_description": {desc}, "state": {q.Get("state")}})
 	}
 	if q.Get("response_type") != "code" {
 		fail("unsupported_response_type", "AADSTS700054: response_type must be 'code'.")
@@ -253,7 +249,7 @@ func (e *Emulator) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hidden := map[string]string{}
-	for _, k := range []string{"client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method", "nonce", "claims", "response_type"} {
+	for _, k := range []string{"client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method", "nonce", "claims", "response_type", "response_mode"} {
 		if v := q.Get(k); v != "" {
 			hidden[k] = v
 		}
@@ -287,11 +283,41 @@ func (e *Emulator) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		renderPage(w, oe.status, p)
 		return
 	}
+	respondToClient(w, r, redirect, mode, url.Values{"code": {code}, "state": {q.Get("state")}})
+}
+
+var formPostTmpl = template.Must(template.New("form_post").Parse(`<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Working...</title></head>
+<body onload="document.forms[0].submit()">
+<form method="post" action="{{.Action}}">
+{{range $k, $v := .Fields}}<input type="hidden" name="{{$k}}" value="{{$v}}">
+{{end}}<noscript><button type="submit">Continue</button></noscript>
+</form></body></html>
+`))
+
+// respondToClient sends the authorization response to the redirect URI: a 302 with a query (response_mode=query) or an
+// auto-submitting form (response_mode=form_post, which MSAL Go's interactive flow asks for).
+func respondToClient(w http.ResponseWriter, r *http.Request, redirect, mode string, params url.Values) {
+	fields := map[string]string{}
+	for k, v := range params {
+		if len(v) > 0 && v[0] != "" {
+			fields[k] = v[0]
+		}
+	}
+	if mode == "form_post" {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = formPostTmpl.Execute(w, struct {
+			Action template.URL
+			Fields map[string]string
+		}{template.URL(redirect), fields}) // redirect passed redirectAllowed: a registered or loopback URL
+
+		return
+	}
 	dst, _ := url.Parse(redirect)
 	v := dst.Query()
-	v.Set("code", code)
-	if s := q.Get("state"); s != "" {
-		v.Set("state", s)
+	for k, f := range fields {
+		v.Set(k, f)
 	}
 	dst.RawQuery = v.Encode()
 	http.Redirect(w, r, dst.String(), http.StatusFound)

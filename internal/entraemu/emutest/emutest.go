@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -384,9 +385,71 @@ func (e *Emulator) CompleteDeviceCode(verificationURI, userCode, username, passw
 	}
 	msg := resp.Status
 	if m := formMessage.FindSubmatch(page); m != nil {
-		msg += ": " + string(m[1])
+		msg += ": " + html.UnescapeString(string(m[1]))
 	}
 	return fmt.Errorf("device code sign-in refused: %s", msg)
+}
+
+var (
+	formAction  = regexp.MustCompile(`<form method="post" action="([^"]*)">`)
+	hiddenInput = regexp.MustCompile(`<input type="hidden" name="([^"]*)" value="([^"]*)">`)
+)
+
+// parseForm reads the emulator's (or its form_post page's) form: the action and the hidden fields.
+func parseForm(page []byte) (string, url.Values, bool) {
+	m := formAction.FindSubmatch(page)
+	if m == nil {
+		return "", nil, false
+	}
+	v := url.Values{}
+	for _, h := range hiddenInput.FindAllSubmatch(page, -1) {
+		v.Set(html.UnescapeString(string(h[1])), html.UnescapeString(string(h[2])))
+	}
+	return html.UnescapeString(string(m[1])), v, true
+}
+
+// CompleteAuthCode signs in on the authorization page the way a browser would for MSAL's AcquireTokenInteractive
+// (use it as public.WithOpenURL): GET the authorize URL, POST the sign-in form, then deliver the answer to the
+// redirect URI, following a 302 (response_mode=query) or posting the auto-submit form (response_mode=form_post).
+func (e *Emulator) CompleteAuthCode(authURL, username, password string) error {
+	c := e.HTTPClient()
+	resp, err := c.Get(authURL)
+	if err != nil {
+		return fmt.Errorf("opening the authorize page: %w", err)
+	}
+	page, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	action, form, ok := parseForm(page)
+	if resp.StatusCode != 200 || !ok {
+		return fmt.Errorf("authorize page: %s", resp.Status)
+	}
+	form.Set("username", username)
+	form.Set("password", password)
+	form.Set("action", "signin")
+	resp, err = c.PostForm(e.URL+action, form)
+	if err != nil {
+		return fmt.Errorf("posting the sign-in form: %w", err)
+	}
+	page, _ = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if resp.StatusCode != 200 || bytes.Contains(page, []byte(`name="password"`)) {
+		msg := "sign-in refused: " + resp.Status
+		if m := formMessage.FindSubmatch(page); m != nil {
+			msg += ": " + html.UnescapeString(string(m[1]))
+		}
+		return errors.New(msg)
+	}
+	if next, fields, ok := parseForm(page); ok {
+		resp, err = c.PostForm(next, fields)
+		if err != nil {
+			return fmt.Errorf("posting the response to %s: %w", next, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("redirect URI answered %s", resp.Status)
+		}
+	}
+	return nil
 }
 
 type lockedBuffer struct {
