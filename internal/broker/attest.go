@@ -70,11 +70,10 @@ func (a *attestCache) put(k attestKey, e attestEntry) {
 	a.m[k] = e
 }
 
-// attest decides whether the peer process may act as the agent. The peer must still be the process that connected.
+// attest decides whether the peer process may act as the agent. The cache key carries the start time read at accept,
+// so a cached result always describes the process that connected; GetToken re-checks liveness before it answers, which
+// catches an exit and PID reuse after this point.
 func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Process, attest.Result, error) {
-	if err := peer.Alive(); err != nil {
-		return platform.Process{}, attest.Result{}, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process is gone (or its PID was reused)", 0, nil)
-	}
 	k := attestKey{pid: peer.PID, startTime: peer.StartTime, agent: agent.Name}
 	if e, ok := b.attested.get(k); ok {
 		return e.proc, e.res, nil

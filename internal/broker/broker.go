@@ -213,7 +213,10 @@ func (b *Broker) authorize(ctx context.Context, in *agentidv1.GetTokenRequest) (
 	}
 	c.grant = grant
 	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
-	b.keyInfo.Store(c.key.ID(), keyInfo{claims: req.claims, grantID: grant.ID, scopes: req.scopes})
+	id := c.key.ID()
+	if v, ok := b.keyInfo.Load(id); !ok || v.(keyInfo).grantID != grant.ID {
+		b.keyInfo.Store(id, keyInfo{claims: req.claims, grantID: grant.ID, scopes: req.scopes})
+	}
 	return c, nil
 }
 

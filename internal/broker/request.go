@@ -50,9 +50,9 @@ func parseRequest(in *agentidv1.GetTokenRequest, defaultMinTTL, maxConsentWait t
 	if r.agent == "" {
 		return r, badRequest("agent is required: the agent name from the agentidd config")
 	}
-	for name, v := range map[string]string{"agent": r.agent, "task_id": r.taskID, "run_id": r.runID, "parent_agent": r.parentAgent, "parent_grant_id": r.parentGrantID} {
-		if len(v) > maxFieldLen || !printable(v) {
-			return r, badRequest("%s must be at most %d printable characters", name, maxFieldLen)
+	for _, f := range [...]struct{ name, value string }{{"agent", r.agent}, {"task_id", r.taskID}, {"run_id", r.runID}, {"parent_agent", r.parentAgent}, {"parent_grant_id", r.parentGrantID}} {
+		if len(f.value) > maxFieldLen || !printable(f.value) {
+			return r, badRequest("%s must be at most %d printable characters", f.name, maxFieldLen)
 		}
 	}
 	if len(r.justification) > maxJustification {

@@ -672,6 +672,242 @@ func (x *EndTaskResponse) GetRevokedGrantIds() []string {
 	return nil
 }
 
+type RegisterLaunchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	RootPid       int32                  `protobuf:"varint,2,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterLaunchRequest) Reset() {
+	*x = RegisterLaunchRequest{}
+	mi := &file_agentid_v1_agentid_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterLaunchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterLaunchRequest) ProtoMessage() {}
+
+func (x *RegisterLaunchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentid_v1_agentid_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterLaunchRequest.ProtoReflect.Descriptor instead.
+func (*RegisterLaunchRequest) Descriptor() ([]byte, []int) {
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RegisterLaunchRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *RegisterLaunchRequest) GetRootPid() int32 {
+	if x != nil {
+		return x.RootPid
+	}
+	return 0
+}
+
+type RegisterLaunchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LaunchId      string                 `protobuf:"bytes,1,opt,name=launch_id,json=launchId,proto3" json:"launch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterLaunchResponse) Reset() {
+	*x = RegisterLaunchResponse{}
+	mi := &file_agentid_v1_agentid_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterLaunchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterLaunchResponse) ProtoMessage() {}
+
+func (x *RegisterLaunchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentid_v1_agentid_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterLaunchResponse.ProtoReflect.Descriptor instead.
+func (*RegisterLaunchResponse) Descriptor() ([]byte, []int) {
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RegisterLaunchResponse) GetLaunchId() string {
+	if x != nil {
+		return x.LaunchId
+	}
+	return ""
+}
+
+type EndLaunchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LaunchId      string                 `protobuf:"bytes,1,opt,name=launch_id,json=launchId,proto3" json:"launch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndLaunchRequest) Reset() {
+	*x = EndLaunchRequest{}
+	mi := &file_agentid_v1_agentid_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndLaunchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndLaunchRequest) ProtoMessage() {}
+
+func (x *EndLaunchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentid_v1_agentid_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndLaunchRequest.ProtoReflect.Descriptor instead.
+func (*EndLaunchRequest) Descriptor() ([]byte, []int) {
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EndLaunchRequest) GetLaunchId() string {
+	if x != nil {
+		return x.LaunchId
+	}
+	return ""
+}
+
+type EndLaunchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndLaunchResponse) Reset() {
+	*x = EndLaunchResponse{}
+	mi := &file_agentid_v1_agentid_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndLaunchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndLaunchResponse) ProtoMessage() {}
+
+func (x *EndLaunchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentid_v1_agentid_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndLaunchResponse.ProtoReflect.Descriptor instead.
+func (*EndLaunchResponse) Descriptor() ([]byte, []int) {
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{10}
+}
+
+type LaunchTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LaunchId      string                 `protobuf:"bytes,1,opt,name=launch_id,json=launchId,proto3" json:"launch_id,omitempty"`
+	CallerPid     int32                  `protobuf:"varint,2,opt,name=caller_pid,json=callerPid,proto3" json:"caller_pid,omitempty"`
+	Request       *GetTokenRequest       `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaunchTokenRequest) Reset() {
+	*x = LaunchTokenRequest{}
+	mi := &file_agentid_v1_agentid_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaunchTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaunchTokenRequest) ProtoMessage() {}
+
+func (x *LaunchTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentid_v1_agentid_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaunchTokenRequest.ProtoReflect.Descriptor instead.
+func (*LaunchTokenRequest) Descriptor() ([]byte, []int) {
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *LaunchTokenRequest) GetLaunchId() string {
+	if x != nil {
+		return x.LaunchId
+	}
+	return ""
+}
+
+func (x *LaunchTokenRequest) GetCallerPid() int32 {
+	if x != nil {
+		return x.CallerPid
+	}
+	return 0
+}
+
+func (x *LaunchTokenRequest) GetRequest() *GetTokenRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -680,7 +916,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[7]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +928,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[7]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +941,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{7}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusResponse struct {
@@ -732,7 +968,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[8]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +980,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[8]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +993,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{8}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -880,7 +1116,7 @@ type LoginRequest struct {
 
 func (x *LoginRequest) Reset() {
 	*x = LoginRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[9]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1128,7 @@ func (x *LoginRequest) String() string {
 func (*LoginRequest) ProtoMessage() {}
 
 func (x *LoginRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[9]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1141,7 @@ func (x *LoginRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginRequest.ProtoReflect.Descriptor instead.
 func (*LoginRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{9}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{14}
 }
 
 type LoginEvent struct {
@@ -921,7 +1157,7 @@ type LoginEvent struct {
 
 func (x *LoginEvent) Reset() {
 	*x = LoginEvent{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[10]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1169,7 @@ func (x *LoginEvent) String() string {
 func (*LoginEvent) ProtoMessage() {}
 
 func (x *LoginEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[10]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1182,7 @@ func (x *LoginEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginEvent.ProtoReflect.Descriptor instead.
 func (*LoginEvent) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{10}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LoginEvent) GetMessage() string {
@@ -992,7 +1228,7 @@ type LogoutRequest struct {
 
 func (x *LogoutRequest) Reset() {
 	*x = LogoutRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[11]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1240,7 @@ func (x *LogoutRequest) String() string {
 func (*LogoutRequest) ProtoMessage() {}
 
 func (x *LogoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[11]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1253,7 @@ func (x *LogoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogoutRequest.ProtoReflect.Descriptor instead.
 func (*LogoutRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{11}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{16}
 }
 
 type LogoutResponse struct {
@@ -1029,7 +1265,7 @@ type LogoutResponse struct {
 
 func (x *LogoutResponse) Reset() {
 	*x = LogoutResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[12]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1277,7 @@ func (x *LogoutResponse) String() string {
 func (*LogoutResponse) ProtoMessage() {}
 
 func (x *LogoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[12]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1290,7 @@ func (x *LogoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogoutResponse.ProtoReflect.Descriptor instead.
 func (*LogoutResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{12}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LogoutResponse) GetPurgedTokens() int32 {
@@ -1076,7 +1312,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[13]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1324,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[13]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1337,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{13}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Agent) GetName() string {
@@ -1140,7 +1376,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[14]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1388,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[14]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1401,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{14}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{19}
 }
 
 type ListAgentsResponse struct {
@@ -1177,7 +1413,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[15]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1425,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[15]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1438,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{15}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1231,7 +1467,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[16]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1479,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[16]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1492,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{16}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Grant) GetId() string {
@@ -1344,7 +1580,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[17]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1592,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[17]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1605,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{17}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{22}
 }
 
 type ListGrantsResponse struct {
@@ -1381,7 +1617,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[18]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1629,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[18]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1642,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{18}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListGrantsResponse) GetGrants() []*Grant {
@@ -1425,7 +1661,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[19]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1673,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[19]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1686,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{19}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeGrantRequest) GetId() string {
@@ -1470,7 +1706,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[20]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1718,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[20]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1731,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{20}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeGrantResponse) GetGrant() *Grant {
@@ -1535,7 +1771,7 @@ type ConsentRequest struct {
 
 func (x *ConsentRequest) Reset() {
 	*x = ConsentRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[21]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1783,7 @@ func (x *ConsentRequest) String() string {
 func (*ConsentRequest) ProtoMessage() {}
 
 func (x *ConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[21]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1796,7 @@ func (x *ConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsentRequest.ProtoReflect.Descriptor instead.
 func (*ConsentRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{21}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConsentRequest) GetId() string {
@@ -1676,7 +1912,7 @@ type ListConsentRequestsRequest struct {
 
 func (x *ListConsentRequestsRequest) Reset() {
 	*x = ListConsentRequestsRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[22]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1924,7 @@ func (x *ListConsentRequestsRequest) String() string {
 func (*ListConsentRequestsRequest) ProtoMessage() {}
 
 func (x *ListConsentRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[22]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1937,7 @@ func (x *ListConsentRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsentRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{22}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{27}
 }
 
 type ListConsentRequestsResponse struct {
@@ -1713,7 +1949,7 @@ type ListConsentRequestsResponse struct {
 
 func (x *ListConsentRequestsResponse) Reset() {
 	*x = ListConsentRequestsResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[23]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1961,7 @@ func (x *ListConsentRequestsResponse) String() string {
 func (*ListConsentRequestsResponse) ProtoMessage() {}
 
 func (x *ListConsentRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[23]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1974,7 @@ func (x *ListConsentRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsentRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{23}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListConsentRequestsResponse) GetRequests() []*ConsentRequest {
@@ -1759,7 +1995,7 @@ type DecideConsentRequest struct {
 
 func (x *DecideConsentRequest) Reset() {
 	*x = DecideConsentRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[24]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2007,7 @@ func (x *DecideConsentRequest) String() string {
 func (*DecideConsentRequest) ProtoMessage() {}
 
 func (x *DecideConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[24]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2020,7 @@ func (x *DecideConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideConsentRequest.ProtoReflect.Descriptor instead.
 func (*DecideConsentRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{24}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DecideConsentRequest) GetId() string {
@@ -1817,7 +2053,7 @@ type DecideConsentResponse struct {
 
 func (x *DecideConsentResponse) Reset() {
 	*x = DecideConsentResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[25]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +2065,7 @@ func (x *DecideConsentResponse) String() string {
 func (*DecideConsentResponse) ProtoMessage() {}
 
 func (x *DecideConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[25]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +2078,7 @@ func (x *DecideConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideConsentResponse.ProtoReflect.Descriptor instead.
 func (*DecideConsentResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{25}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DecideConsentResponse) GetGrant() *Grant {
@@ -1860,7 +2096,7 @@ type ResetConsentRequest struct {
 
 func (x *ResetConsentRequest) Reset() {
 	*x = ResetConsentRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[26]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2108,7 @@ func (x *ResetConsentRequest) String() string {
 func (*ResetConsentRequest) ProtoMessage() {}
 
 func (x *ResetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[26]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2121,7 @@ func (x *ResetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsentRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{26}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{31}
 }
 
 type ResetConsentResponse struct {
@@ -1896,7 +2132,7 @@ type ResetConsentResponse struct {
 
 func (x *ResetConsentResponse) Reset() {
 	*x = ResetConsentResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[27]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +2144,7 @@ func (x *ResetConsentResponse) String() string {
 func (*ResetConsentResponse) ProtoMessage() {}
 
 func (x *ResetConsentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[27]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +2157,7 @@ func (x *ResetConsentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsentResponse.ProtoReflect.Descriptor instead.
 func (*ResetConsentResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{27}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{32}
 }
 
 type AuditTailRequest struct {
@@ -1933,7 +2169,7 @@ type AuditTailRequest struct {
 
 func (x *AuditTailRequest) Reset() {
 	*x = AuditTailRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[28]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2181,7 @@ func (x *AuditTailRequest) String() string {
 func (*AuditTailRequest) ProtoMessage() {}
 
 func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[28]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2194,7 @@ func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailRequest.ProtoReflect.Descriptor instead.
 func (*AuditTailRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{28}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AuditTailRequest) GetN() int32 {
@@ -1977,7 +2213,7 @@ type AuditTailResponse struct {
 
 func (x *AuditTailResponse) Reset() {
 	*x = AuditTailResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[29]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2225,7 @@ func (x *AuditTailResponse) String() string {
 func (*AuditTailResponse) ProtoMessage() {}
 
 func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[29]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2238,7 @@ func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailResponse.ProtoReflect.Descriptor instead.
 func (*AuditTailResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{29}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AuditTailResponse) GetLines() []string {
@@ -2020,7 +2256,7 @@ type AuditVerifyRequest struct {
 
 func (x *AuditVerifyRequest) Reset() {
 	*x = AuditVerifyRequest{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[30]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2268,7 @@ func (x *AuditVerifyRequest) String() string {
 func (*AuditVerifyRequest) ProtoMessage() {}
 
 func (x *AuditVerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[30]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2281,7 @@ func (x *AuditVerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditVerifyRequest.ProtoReflect.Descriptor instead.
 func (*AuditVerifyRequest) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{30}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{35}
 }
 
 type AuditVerifyResponse struct {
@@ -2058,7 +2294,7 @@ type AuditVerifyResponse struct {
 
 func (x *AuditVerifyResponse) Reset() {
 	*x = AuditVerifyResponse{}
-	mi := &file_agentid_v1_agentid_proto_msgTypes[31]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2306,7 @@ func (x *AuditVerifyResponse) String() string {
 func (*AuditVerifyResponse) ProtoMessage() {}
 
 func (x *AuditVerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentid_v1_agentid_proto_msgTypes[31]
+	mi := &file_agentid_v1_agentid_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2319,7 @@ func (x *AuditVerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditVerifyResponse.ProtoReflect.Descriptor instead.
 func (*AuditVerifyResponse) Descriptor() ([]byte, []int) {
-	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{31}
+	return file_agentid_v1_agentid_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditVerifyResponse) GetRecords() int64 {
@@ -2154,7 +2390,20 @@ const file_agentid_v1_agentid_proto_rawDesc = "" +
 	"\x0eEndTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"=\n" +
 	"\x0fEndTaskResponse\x12*\n" +
-	"\x11revoked_grant_ids\x18\x01 \x03(\tR\x0frevokedGrantIds\"\x0f\n" +
+	"\x11revoked_grant_ids\x18\x01 \x03(\tR\x0frevokedGrantIds\"H\n" +
+	"\x15RegisterLaunchRequest\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x19\n" +
+	"\broot_pid\x18\x02 \x01(\x05R\arootPid\"5\n" +
+	"\x16RegisterLaunchResponse\x12\x1b\n" +
+	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\"/\n" +
+	"\x10EndLaunchRequest\x12\x1b\n" +
+	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\"\x13\n" +
+	"\x11EndLaunchResponse\"\x87\x01\n" +
+	"\x12LaunchTokenRequest\x12\x1b\n" +
+	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\x12\x1d\n" +
+	"\n" +
+	"caller_pid\x18\x02 \x01(\x05R\tcallerPid\x125\n" +
+	"\arequest\x18\x03 \x01(\v2\x1b.agentid.v1.GetTokenRequestR\arequest\"\x0f\n" +
 	"\rStatusRequest\"\xbf\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +
@@ -2270,7 +2519,7 @@ const file_agentid_v1_agentid_proto_rawDesc = "" +
 	"\bGetToken\x12\x1b.agentid.v1.GetTokenRequest\x1a\x1c.agentid.v1.GetTokenResponse\x12C\n" +
 	"\n" +
 	"WatchToken\x12\x1b.agentid.v1.GetTokenRequest\x1a\x16.agentid.v1.TokenEvent0\x01\x12B\n" +
-	"\aEndTask\x12\x1a.agentid.v1.EndTaskRequest\x1a\x1b.agentid.v1.EndTaskResponse2\xb9\a\n" +
+	"\aEndTask\x12\x1a.agentid.v1.EndTaskRequest\x1a\x1b.agentid.v1.EndTaskResponse2\xa9\t\n" +
 	"\x05Admin\x12?\n" +
 	"\x06Status\x12\x19.agentid.v1.StatusRequest\x1a\x1a.agentid.v1.StatusResponse\x12;\n" +
 	"\x05Login\x12\x18.agentid.v1.LoginRequest\x1a\x16.agentid.v1.LoginEvent0\x01\x12?\n" +
@@ -2285,7 +2534,10 @@ const file_agentid_v1_agentid_proto_rawDesc = "" +
 	"\rDecideConsent\x12 .agentid.v1.DecideConsentRequest\x1a!.agentid.v1.DecideConsentResponse\x12Q\n" +
 	"\fResetConsent\x12\x1f.agentid.v1.ResetConsentRequest\x1a .agentid.v1.ResetConsentResponse\x12H\n" +
 	"\tAuditTail\x12\x1c.agentid.v1.AuditTailRequest\x1a\x1d.agentid.v1.AuditTailResponse\x12N\n" +
-	"\vAuditVerify\x12\x1e.agentid.v1.AuditVerifyRequest\x1a\x1f.agentid.v1.AuditVerifyResponseB9Z7github.com/agentidd/agentidd/proto/agentid/v1;agentidv1b\x06proto3"
+	"\vAuditVerify\x12\x1e.agentid.v1.AuditVerifyRequest\x1a\x1f.agentid.v1.AuditVerifyResponse\x12W\n" +
+	"\x0eRegisterLaunch\x12!.agentid.v1.RegisterLaunchRequest\x1a\".agentid.v1.RegisterLaunchResponse\x12H\n" +
+	"\tEndLaunch\x12\x1c.agentid.v1.EndLaunchRequest\x1a\x1d.agentid.v1.EndLaunchResponse\x12K\n" +
+	"\vLaunchToken\x12\x1e.agentid.v1.LaunchTokenRequest\x1a\x1c.agentid.v1.GetTokenResponseB9Z7github.com/agentidd/agentidd/proto/agentid/v1;agentidv1b\x06proto3"
 
 var (
 	file_agentid_v1_agentid_proto_rawDescOnce sync.Once
@@ -2300,7 +2552,7 @@ func file_agentid_v1_agentid_proto_rawDescGZIP() []byte {
 }
 
 var file_agentid_v1_agentid_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentid_v1_agentid_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agentid_v1_agentid_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_agentid_v1_agentid_proto_goTypes = []any{
 	(Mode)(0),                           // 0: agentid.v1.Mode
 	(TokenSource)(0),                    // 1: agentid.v1.TokenSource
@@ -2311,91 +2563,103 @@ var file_agentid_v1_agentid_proto_goTypes = []any{
 	(*Revocation)(nil),                  // 6: agentid.v1.Revocation
 	(*EndTaskRequest)(nil),              // 7: agentid.v1.EndTaskRequest
 	(*EndTaskResponse)(nil),             // 8: agentid.v1.EndTaskResponse
-	(*StatusRequest)(nil),               // 9: agentid.v1.StatusRequest
-	(*StatusResponse)(nil),              // 10: agentid.v1.StatusResponse
-	(*LoginRequest)(nil),                // 11: agentid.v1.LoginRequest
-	(*LoginEvent)(nil),                  // 12: agentid.v1.LoginEvent
-	(*LogoutRequest)(nil),               // 13: agentid.v1.LogoutRequest
-	(*LogoutResponse)(nil),              // 14: agentid.v1.LogoutResponse
-	(*Agent)(nil),                       // 15: agentid.v1.Agent
-	(*ListAgentsRequest)(nil),           // 16: agentid.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),          // 17: agentid.v1.ListAgentsResponse
-	(*Grant)(nil),                       // 18: agentid.v1.Grant
-	(*ListGrantsRequest)(nil),           // 19: agentid.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),          // 20: agentid.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),          // 21: agentid.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),         // 22: agentid.v1.RevokeGrantResponse
-	(*ConsentRequest)(nil),              // 23: agentid.v1.ConsentRequest
-	(*ListConsentRequestsRequest)(nil),  // 24: agentid.v1.ListConsentRequestsRequest
-	(*ListConsentRequestsResponse)(nil), // 25: agentid.v1.ListConsentRequestsResponse
-	(*DecideConsentRequest)(nil),        // 26: agentid.v1.DecideConsentRequest
-	(*DecideConsentResponse)(nil),       // 27: agentid.v1.DecideConsentResponse
-	(*ResetConsentRequest)(nil),         // 28: agentid.v1.ResetConsentRequest
-	(*ResetConsentResponse)(nil),        // 29: agentid.v1.ResetConsentResponse
-	(*AuditTailRequest)(nil),            // 30: agentid.v1.AuditTailRequest
-	(*AuditTailResponse)(nil),           // 31: agentid.v1.AuditTailResponse
-	(*AuditVerifyRequest)(nil),          // 32: agentid.v1.AuditVerifyRequest
-	(*AuditVerifyResponse)(nil),         // 33: agentid.v1.AuditVerifyResponse
-	(*durationpb.Duration)(nil),         // 34: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),       // 35: google.protobuf.Timestamp
+	(*RegisterLaunchRequest)(nil),       // 9: agentid.v1.RegisterLaunchRequest
+	(*RegisterLaunchResponse)(nil),      // 10: agentid.v1.RegisterLaunchResponse
+	(*EndLaunchRequest)(nil),            // 11: agentid.v1.EndLaunchRequest
+	(*EndLaunchResponse)(nil),           // 12: agentid.v1.EndLaunchResponse
+	(*LaunchTokenRequest)(nil),          // 13: agentid.v1.LaunchTokenRequest
+	(*StatusRequest)(nil),               // 14: agentid.v1.StatusRequest
+	(*StatusResponse)(nil),              // 15: agentid.v1.StatusResponse
+	(*LoginRequest)(nil),                // 16: agentid.v1.LoginRequest
+	(*LoginEvent)(nil),                  // 17: agentid.v1.LoginEvent
+	(*LogoutRequest)(nil),               // 18: agentid.v1.LogoutRequest
+	(*LogoutResponse)(nil),              // 19: agentid.v1.LogoutResponse
+	(*Agent)(nil),                       // 20: agentid.v1.Agent
+	(*ListAgentsRequest)(nil),           // 21: agentid.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),          // 22: agentid.v1.ListAgentsResponse
+	(*Grant)(nil),                       // 23: agentid.v1.Grant
+	(*ListGrantsRequest)(nil),           // 24: agentid.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),          // 25: agentid.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),          // 26: agentid.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),         // 27: agentid.v1.RevokeGrantResponse
+	(*ConsentRequest)(nil),              // 28: agentid.v1.ConsentRequest
+	(*ListConsentRequestsRequest)(nil),  // 29: agentid.v1.ListConsentRequestsRequest
+	(*ListConsentRequestsResponse)(nil), // 30: agentid.v1.ListConsentRequestsResponse
+	(*DecideConsentRequest)(nil),        // 31: agentid.v1.DecideConsentRequest
+	(*DecideConsentResponse)(nil),       // 32: agentid.v1.DecideConsentResponse
+	(*ResetConsentRequest)(nil),         // 33: agentid.v1.ResetConsentRequest
+	(*ResetConsentResponse)(nil),        // 34: agentid.v1.ResetConsentResponse
+	(*AuditTailRequest)(nil),            // 35: agentid.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),           // 36: agentid.v1.AuditTailResponse
+	(*AuditVerifyRequest)(nil),          // 37: agentid.v1.AuditVerifyRequest
+	(*AuditVerifyResponse)(nil),         // 38: agentid.v1.AuditVerifyResponse
+	(*durationpb.Duration)(nil),         // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
 }
 var file_agentid_v1_agentid_proto_depIdxs = []int32{
 	0,  // 0: agentid.v1.GetTokenRequest.mode:type_name -> agentid.v1.Mode
-	34, // 1: agentid.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
-	34, // 2: agentid.v1.GetTokenRequest.consent_wait:type_name -> google.protobuf.Duration
-	35, // 3: agentid.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	39, // 1: agentid.v1.GetTokenRequest.min_ttl:type_name -> google.protobuf.Duration
+	39, // 2: agentid.v1.GetTokenRequest.consent_wait:type_name -> google.protobuf.Duration
+	40, // 3: agentid.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 4: agentid.v1.GetTokenResponse.principal:type_name -> agentid.v1.Principal
 	1,  // 5: agentid.v1.GetTokenResponse.source:type_name -> agentid.v1.TokenSource
 	0,  // 6: agentid.v1.GetTokenResponse.mode:type_name -> agentid.v1.Mode
 	4,  // 7: agentid.v1.TokenEvent.token:type_name -> agentid.v1.GetTokenResponse
 	6,  // 8: agentid.v1.TokenEvent.revoked:type_name -> agentid.v1.Revocation
-	35, // 9: agentid.v1.Revocation.at:type_name -> google.protobuf.Timestamp
-	35, // 10: agentid.v1.StatusResponse.last_idp_error_at:type_name -> google.protobuf.Timestamp
-	35, // 11: agentid.v1.StatusResponse.next_refresh:type_name -> google.protobuf.Timestamp
-	15, // 12: agentid.v1.ListAgentsResponse.agents:type_name -> agentid.v1.Agent
-	35, // 13: agentid.v1.Grant.not_after:type_name -> google.protobuf.Timestamp
-	35, // 14: agentid.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
-	18, // 15: agentid.v1.ListGrantsResponse.grants:type_name -> agentid.v1.Grant
-	18, // 16: agentid.v1.RevokeGrantResponse.grant:type_name -> agentid.v1.Grant
-	35, // 17: agentid.v1.ConsentRequest.created_at:type_name -> google.protobuf.Timestamp
-	23, // 18: agentid.v1.ListConsentRequestsResponse.requests:type_name -> agentid.v1.ConsentRequest
-	34, // 19: agentid.v1.DecideConsentRequest.duration:type_name -> google.protobuf.Duration
-	18, // 20: agentid.v1.DecideConsentResponse.grant:type_name -> agentid.v1.Grant
-	2,  // 21: agentid.v1.AgentIdentity.GetToken:input_type -> agentid.v1.GetTokenRequest
-	2,  // 22: agentid.v1.AgentIdentity.WatchToken:input_type -> agentid.v1.GetTokenRequest
-	7,  // 23: agentid.v1.AgentIdentity.EndTask:input_type -> agentid.v1.EndTaskRequest
-	9,  // 24: agentid.v1.Admin.Status:input_type -> agentid.v1.StatusRequest
-	11, // 25: agentid.v1.Admin.Login:input_type -> agentid.v1.LoginRequest
-	13, // 26: agentid.v1.Admin.Logout:input_type -> agentid.v1.LogoutRequest
-	16, // 27: agentid.v1.Admin.ListAgents:input_type -> agentid.v1.ListAgentsRequest
-	19, // 28: agentid.v1.Admin.ListGrants:input_type -> agentid.v1.ListGrantsRequest
-	21, // 29: agentid.v1.Admin.RevokeGrant:input_type -> agentid.v1.RevokeGrantRequest
-	24, // 30: agentid.v1.Admin.ListConsentRequests:input_type -> agentid.v1.ListConsentRequestsRequest
-	24, // 31: agentid.v1.Admin.WatchConsentRequests:input_type -> agentid.v1.ListConsentRequestsRequest
-	26, // 32: agentid.v1.Admin.DecideConsent:input_type -> agentid.v1.DecideConsentRequest
-	28, // 33: agentid.v1.Admin.ResetConsent:input_type -> agentid.v1.ResetConsentRequest
-	30, // 34: agentid.v1.Admin.AuditTail:input_type -> agentid.v1.AuditTailRequest
-	32, // 35: agentid.v1.Admin.AuditVerify:input_type -> agentid.v1.AuditVerifyRequest
-	4,  // 36: agentid.v1.AgentIdentity.GetToken:output_type -> agentid.v1.GetTokenResponse
-	5,  // 37: agentid.v1.AgentIdentity.WatchToken:output_type -> agentid.v1.TokenEvent
-	8,  // 38: agentid.v1.AgentIdentity.EndTask:output_type -> agentid.v1.EndTaskResponse
-	10, // 39: agentid.v1.Admin.Status:output_type -> agentid.v1.StatusResponse
-	12, // 40: agentid.v1.Admin.Login:output_type -> agentid.v1.LoginEvent
-	14, // 41: agentid.v1.Admin.Logout:output_type -> agentid.v1.LogoutResponse
-	17, // 42: agentid.v1.Admin.ListAgents:output_type -> agentid.v1.ListAgentsResponse
-	20, // 43: agentid.v1.Admin.ListGrants:output_type -> agentid.v1.ListGrantsResponse
-	22, // 44: agentid.v1.Admin.RevokeGrant:output_type -> agentid.v1.RevokeGrantResponse
-	25, // 45: agentid.v1.Admin.ListConsentRequests:output_type -> agentid.v1.ListConsentRequestsResponse
-	23, // 46: agentid.v1.Admin.WatchConsentRequests:output_type -> agentid.v1.ConsentRequest
-	27, // 47: agentid.v1.Admin.DecideConsent:output_type -> agentid.v1.DecideConsentResponse
-	29, // 48: agentid.v1.Admin.ResetConsent:output_type -> agentid.v1.ResetConsentResponse
-	31, // 49: agentid.v1.Admin.AuditTail:output_type -> agentid.v1.AuditTailResponse
-	33, // 50: agentid.v1.Admin.AuditVerify:output_type -> agentid.v1.AuditVerifyResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	40, // 9: agentid.v1.Revocation.at:type_name -> google.protobuf.Timestamp
+	2,  // 10: agentid.v1.LaunchTokenRequest.request:type_name -> agentid.v1.GetTokenRequest
+	40, // 11: agentid.v1.StatusResponse.last_idp_error_at:type_name -> google.protobuf.Timestamp
+	40, // 12: agentid.v1.StatusResponse.next_refresh:type_name -> google.protobuf.Timestamp
+	20, // 13: agentid.v1.ListAgentsResponse.agents:type_name -> agentid.v1.Agent
+	40, // 14: agentid.v1.Grant.not_after:type_name -> google.protobuf.Timestamp
+	40, // 15: agentid.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	23, // 16: agentid.v1.ListGrantsResponse.grants:type_name -> agentid.v1.Grant
+	23, // 17: agentid.v1.RevokeGrantResponse.grant:type_name -> agentid.v1.Grant
+	40, // 18: agentid.v1.ConsentRequest.created_at:type_name -> google.protobuf.Timestamp
+	28, // 19: agentid.v1.ListConsentRequestsResponse.requests:type_name -> agentid.v1.ConsentRequest
+	39, // 20: agentid.v1.DecideConsentRequest.duration:type_name -> google.protobuf.Duration
+	23, // 21: agentid.v1.DecideConsentResponse.grant:type_name -> agentid.v1.Grant
+	2,  // 22: agentid.v1.AgentIdentity.GetToken:input_type -> agentid.v1.GetTokenRequest
+	2,  // 23: agentid.v1.AgentIdentity.WatchToken:input_type -> agentid.v1.GetTokenRequest
+	7,  // 24: agentid.v1.AgentIdentity.EndTask:input_type -> agentid.v1.EndTaskRequest
+	14, // 25: agentid.v1.Admin.Status:input_type -> agentid.v1.StatusRequest
+	16, // 26: agentid.v1.Admin.Login:input_type -> agentid.v1.LoginRequest
+	18, // 27: agentid.v1.Admin.Logout:input_type -> agentid.v1.LogoutRequest
+	21, // 28: agentid.v1.Admin.ListAgents:input_type -> agentid.v1.ListAgentsRequest
+	24, // 29: agentid.v1.Admin.ListGrants:input_type -> agentid.v1.ListGrantsRequest
+	26, // 30: agentid.v1.Admin.RevokeGrant:input_type -> agentid.v1.RevokeGrantRequest
+	29, // 31: agentid.v1.Admin.ListConsentRequests:input_type -> agentid.v1.ListConsentRequestsRequest
+	29, // 32: agentid.v1.Admin.WatchConsentRequests:input_type -> agentid.v1.ListConsentRequestsRequest
+	31, // 33: agentid.v1.Admin.DecideConsent:input_type -> agentid.v1.DecideConsentRequest
+	33, // 34: agentid.v1.Admin.ResetConsent:input_type -> agentid.v1.ResetConsentRequest
+	35, // 35: agentid.v1.Admin.AuditTail:input_type -> agentid.v1.AuditTailRequest
+	37, // 36: agentid.v1.Admin.AuditVerify:input_type -> agentid.v1.AuditVerifyRequest
+	9,  // 37: agentid.v1.Admin.RegisterLaunch:input_type -> agentid.v1.RegisterLaunchRequest
+	11, // 38: agentid.v1.Admin.EndLaunch:input_type -> agentid.v1.EndLaunchRequest
+	13, // 39: agentid.v1.Admin.LaunchToken:input_type -> agentid.v1.LaunchTokenRequest
+	4,  // 40: agentid.v1.AgentIdentity.GetToken:output_type -> agentid.v1.GetTokenResponse
+	5,  // 41: agentid.v1.AgentIdentity.WatchToken:output_type -> agentid.v1.TokenEvent
+	8,  // 42: agentid.v1.AgentIdentity.EndTask:output_type -> agentid.v1.EndTaskResponse
+	15, // 43: agentid.v1.Admin.Status:output_type -> agentid.v1.StatusResponse
+	17, // 44: agentid.v1.Admin.Login:output_type -> agentid.v1.LoginEvent
+	19, // 45: agentid.v1.Admin.Logout:output_type -> agentid.v1.LogoutResponse
+	22, // 46: agentid.v1.Admin.ListAgents:output_type -> agentid.v1.ListAgentsResponse
+	25, // 47: agentid.v1.Admin.ListGrants:output_type -> agentid.v1.ListGrantsResponse
+	27, // 48: agentid.v1.Admin.RevokeGrant:output_type -> agentid.v1.RevokeGrantResponse
+	30, // 49: agentid.v1.Admin.ListConsentRequests:output_type -> agentid.v1.ListConsentRequestsResponse
+	28, // 50: agentid.v1.Admin.WatchConsentRequests:output_type -> agentid.v1.ConsentRequest
+	32, // 51: agentid.v1.Admin.DecideConsent:output_type -> agentid.v1.DecideConsentResponse
+	34, // 52: agentid.v1.Admin.ResetConsent:output_type -> agentid.v1.ResetConsentResponse
+	36, // 53: agentid.v1.Admin.AuditTail:output_type -> agentid.v1.AuditTailResponse
+	38, // 54: agentid.v1.Admin.AuditVerify:output_type -> agentid.v1.AuditVerifyResponse
+	10, // 55: agentid.v1.Admin.RegisterLaunch:output_type -> agentid.v1.RegisterLaunchResponse
+	12, // 56: agentid.v1.Admin.EndLaunch:output_type -> agentid.v1.EndLaunchResponse
+	4,  // 57: agentid.v1.Admin.LaunchToken:output_type -> agentid.v1.GetTokenResponse
+	40, // [40:58] is the sub-list for method output_type
+	22, // [22:40] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_agentid_v1_agentid_proto_init() }
@@ -2413,7 +2677,7 @@ func file_agentid_v1_agentid_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentid_v1_agentid_proto_rawDesc), len(file_agentid_v1_agentid_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -226,6 +226,9 @@ const (
 	Admin_ResetConsent_FullMethodName         = "/agentid.v1.Admin/ResetConsent"
 	Admin_AuditTail_FullMethodName            = "/agentid.v1.Admin/AuditTail"
 	Admin_AuditVerify_FullMethodName          = "/agentid.v1.Admin/AuditVerify"
+	Admin_RegisterLaunch_FullMethodName       = "/agentid.v1.Admin/RegisterLaunch"
+	Admin_EndLaunch_FullMethodName            = "/agentid.v1.Admin/EndLaunch"
+	Admin_LaunchToken_FullMethodName          = "/agentid.v1.Admin/LaunchToken"
 )
 
 // AdminClient is the client API for Admin service.
@@ -247,6 +250,13 @@ type AdminClient interface {
 	ResetConsent(ctx context.Context, in *ResetConsentRequest, opts ...grpc.CallOption) (*ResetConsentResponse, error)
 	AuditTail(ctx context.Context, in *AuditTailRequest, opts ...grpc.CallOption) (*AuditTailResponse, error)
 	AuditVerify(ctx context.Context, in *AuditVerifyRequest, opts ...grpc.CallOption) (*AuditVerifyResponse, error)
+	// RegisterLaunch is called by `agentidd exec` after it started the child: processes descending from root_pid (with
+	// that start time) are attested as the agent until EndLaunch or the root exits.
+	RegisterLaunch(ctx context.Context, in *RegisterLaunchRequest, opts ...grpc.CallOption) (*RegisterLaunchResponse, error)
+	EndLaunch(ctx context.Context, in *EndLaunchRequest, opts ...grpc.CallOption) (*EndLaunchResponse, error)
+	// LaunchToken serves `agentidd exec`'s managed-identity endpoint: the exec process names the HTTP caller's pid, and
+	// the daemon checks that it descends from the launch's root before it runs the normal GetToken path for it.
+	LaunchToken(ctx context.Context, in *LaunchTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
 }
 
 type adminClient struct {
@@ -395,6 +405,36 @@ func (c *adminClient) AuditVerify(ctx context.Context, in *AuditVerifyRequest, o
 	return out, nil
 }
 
+func (c *adminClient) RegisterLaunch(ctx context.Context, in *RegisterLaunchRequest, opts ...grpc.CallOption) (*RegisterLaunchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterLaunchResponse)
+	err := c.cc.Invoke(ctx, Admin_RegisterLaunch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) EndLaunch(ctx context.Context, in *EndLaunchRequest, opts ...grpc.CallOption) (*EndLaunchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EndLaunchResponse)
+	err := c.cc.Invoke(ctx, Admin_EndLaunch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) LaunchToken(ctx context.Context, in *LaunchTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTokenResponse)
+	err := c.cc.Invoke(ctx, Admin_LaunchToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -414,6 +454,13 @@ type AdminServer interface {
 	ResetConsent(context.Context, *ResetConsentRequest) (*ResetConsentResponse, error)
 	AuditTail(context.Context, *AuditTailRequest) (*AuditTailResponse, error)
 	AuditVerify(context.Context, *AuditVerifyRequest) (*AuditVerifyResponse, error)
+	// RegisterLaunch is called by `agentidd exec` after it started the child: processes descending from root_pid (with
+	// that start time) are attested as the agent until EndLaunch or the root exits.
+	RegisterLaunch(context.Context, *RegisterLaunchRequest) (*RegisterLaunchResponse, error)
+	EndLaunch(context.Context, *EndLaunchRequest) (*EndLaunchResponse, error)
+	// LaunchToken serves `agentidd exec`'s managed-identity endpoint: the exec process names the HTTP caller's pid, and
+	// the daemon checks that it descends from the launch's root before it runs the normal GetToken path for it.
+	LaunchToken(context.Context, *LaunchTokenRequest) (*GetTokenResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -459,6 +506,15 @@ func (UnimplementedAdminServer) AuditTail(context.Context, *AuditTailRequest) (*
 }
 func (UnimplementedAdminServer) AuditVerify(context.Context, *AuditVerifyRequest) (*AuditVerifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AuditVerify not implemented")
+}
+func (UnimplementedAdminServer) RegisterLaunch(context.Context, *RegisterLaunchRequest) (*RegisterLaunchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterLaunch not implemented")
+}
+func (UnimplementedAdminServer) EndLaunch(context.Context, *EndLaunchRequest) (*EndLaunchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EndLaunch not implemented")
+}
+func (UnimplementedAdminServer) LaunchToken(context.Context, *LaunchTokenRequest) (*GetTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LaunchToken not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -683,6 +739,60 @@ func _Admin_AuditVerify_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RegisterLaunch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterLaunchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RegisterLaunch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RegisterLaunch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RegisterLaunch(ctx, req.(*RegisterLaunchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_EndLaunch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EndLaunchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).EndLaunch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_EndLaunch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).EndLaunch(ctx, req.(*EndLaunchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_LaunchToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LaunchTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).LaunchToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_LaunchToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).LaunchToken(ctx, req.(*LaunchTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -729,6 +839,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AuditVerify",
 			Handler:    _Admin_AuditVerify_Handler,
+		},
+		{
+			MethodName: "RegisterLaunch",
+			Handler:    _Admin_RegisterLaunch_Handler,
+		},
+		{
+			MethodName: "EndLaunch",
+			Handler:    _Admin_EndLaunch_Handler,
+		},
+		{
+			MethodName: "LaunchToken",
+			Handler:    _Admin_LaunchToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
