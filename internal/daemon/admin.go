@@ -34,6 +34,9 @@ func (d *Daemon) checkAdminPeer(ctx context.Context) error {
 	if err != nil {
 		return status.Error(codes.PermissionDenied, "admin calls are allowed only from the agentidd binary (cannot inspect caller)")
 	}
+	if peer.StartTime != 0 && proc.StartTime != peer.StartTime {
+		return status.Error(codes.PermissionDenied, "the calling process's PID was reused")
+	}
 	exe, _ := filepath.EvalSymlinks(proc.ExePath)
 	if exe != d.selfExe {
 		return status.Errorf(codes.PermissionDenied, "admin calls are allowed only from the agentidd binary %s, not %s", d.selfExe, proc.ExePath)
