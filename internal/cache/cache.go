@@ -21,7 +21,8 @@
 //   - Other (neither the network's nor the IdP's verdict, e.g. a bug): retried like Transient, but Online is unchanged,
 //     because the IdP may well be reachable.
 //   - Permanent: the key is purged at once, its watchers get Event{Revoked: true}, and Options.OnPermanent is called
-//     (outside every lock) so the owner can purge more widely (all of a user's or an agent's tokens).
+//     (outside every lock) so the owner can purge more widely (all of a user's or an agent's tokens). The same holds
+//     when a Get's miss fails permanently, and both happen before any caller waiting on that fetch is answered.
 //   - Interaction: the token stays and is served until it expires, because it is still valid and cutting an agent off
 //     mid-task would gain nothing: the IdP wants the user to act before it issues the next one, not a revocation. The
 //     cache stops retrying (retrying cannot help until the user acts), tells watchers with Event{InteractionRequired:
@@ -143,7 +144,8 @@ type Options struct {
 	Jitter float64
 	// Classify maps fetch errors to classes; default: every error is Other.
 	Classify func(error) Class
-	// OnPermanent runs after a refresh failed permanently and k was purged; no cache lock is held, so it may purge more.
+	// OnPermanent runs after a fetch (a refresh or a Get's miss) failed permanently and k was purged, before the fetch's
+	// waiters are answered; no cache lock is held, so it may purge more. It must not call Get for k.
 	OnPermanent func(k Key, err error)
 	// RetryAfter optionally extracts the IdP's requested delay (429 Retry-After); it is a floor for the backoff.
 	RetryAfter func(error) time.Duration
@@ -415,6 +417,11 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 		class = c.classify(err)
 		c.noteErrorLocked(class, now)
 		tok = Token{}
+		if class == Permanent {
+			// The IdP's verdict holds whoever asked, a Get's miss as much as a refresh: what was cached for k must not be
+			// served any longer, and its watchers must hear of it now rather than at the next refresh.
+			c.purgeKeyLocked(id, "the identity provider refused to issue this token")
+		}
 	case c.purgedSinceLocked(cl.startEpoch, k, id, tok.GrantID):
 		err, tok = ErrPurged, Token{}
 		c.noteSuccessLocked()
@@ -426,11 +433,16 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 		c.noteSuccessLocked()
 	}
 	cl.tok, cl.err, cl.class, cl.doneEpoch = tok, err, class, c.epoch
-	close(cl.done)
 	c.mu.Unlock()
 	if err != nil && !errors.Is(err, ErrPurged) {
 		c.log.Warn("token fetch failed", append(keyAttrs(k), "class", class.String())...)
 	}
+	// The owner's wider purge (every token of the user or agent) runs before any waiter is released, so a caller told
+	// "sign in again" can never be served a sibling token of the condemned sign-in afterwards.
+	if class == Permanent && c.onPermanent != nil {
+		c.onPermanent(k, err)
+	}
+	close(cl.done)
 }
 
 // safeFetch keeps a panicking fetcher from taking the daemon down with every waiter still blocked on it.

@@ -148,22 +148,19 @@ func (c *Cache) refresh(ctx context.Context, e *entry, gen uint64) {
 	}
 
 	now := c.wallNow()
-	var permanent bool
 	var failures int
 	c.mu.Lock()
 	current := c.entries[e.id] == e && e.gen == gen && e.heapIdx < 0
 	switch {
 	case !current:
-		// A newer token was stored, or the entry is gone: that path has scheduled what is needed.
+		// A newer token was stored, or the entry is gone (a permanent failure purged it in runFlight): that path has
+		// done what is needed.
 	case cl.err == nil || errors.Is(cl.err, ErrPurged):
 		// Success stores a new token (and reschedules); reaching here means the result was not stored, so just keep
 		// the old token until it expires.
 		c.scheduleLocked(e, e.tok.ExpiresAt)
 	default:
 		switch cl.class {
-		case Permanent:
-			c.purgeKeyLocked(e.id, "the identity provider refused to refresh this token")
-			permanent = true
 		case Interaction:
 			e.interaction = true
 			c.scheduleLocked(e, e.tok.ExpiresAt)
@@ -189,8 +186,5 @@ func (c *Cache) refresh(ctx context.Context, e *entry, gen uint64) {
 	c.mu.Unlock()
 	if current && cl.err != nil && !errors.Is(cl.err, ErrPurged) {
 		c.log.Warn("token refresh failed", append(keyAttrs(e.key), "class", cl.class.String(), "failures", failures)...)
-	}
-	if permanent && c.onPermanent != nil {
-		c.onPermanent(e.key, cl.err)
 	}
 }
