@@ -4,7 +4,6 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -342,5 +341,3 @@ func (a *App) objectID() string {
 	}
 	return a.AppID
 }
-
-var errNotFound = errors.New("not found")

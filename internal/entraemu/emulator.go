@@ -64,16 +64,15 @@ type refreshRecord struct {
 }
 
 type deviceCode struct {
-	userCode  string
-	clientID  string
-	scope     string
-	claims    string
-	expires   time.Time
-	lastPoll  time.Time
-	userOID   string // set once signed in
-	denied    bool
-	consumed  bool
-	authTimes time.Time
+	userCode string
+	clientID string
+	scope    string
+	claims   string
+	expires  time.Time
+	lastPoll time.Time
+	userOID  string // set once signed in
+	denied   bool
+	authTime time.Time
 }
 
 type authCode struct {

@@ -54,10 +54,6 @@ func errConsent(client, resource string) *oauthError {
 	return e
 }
 
-func errBadPassword() *oauthError {
-	return newErr(400, "invalid_grant", 50126, "Error validating credentials due to invalid username or password.")
-}
-
 func errUserDisabled() *oauthError {
 	return newErr(400, "invalid_grant", 50057, "The user account is disabled.")
 }

@@ -186,7 +186,7 @@ func (e *Emulator) approveDevice(f url.Values) (int, string) {
 	if oe != nil {
 		return oe.status, oe.desc
 	}
-	dc.userOID, dc.authTimes = u.OID, now
+	dc.userOID, dc.authTime = u.OID, now
 	e.log.Info("device code approved", "client_id", dc.clientID, "user_oid", u.OID)
 	return 200, "You are signed in. You have signed in to the application on your device; you may now close this window."
 }

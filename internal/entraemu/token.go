@@ -507,8 +507,9 @@ func (e *Emulator) grantDeviceCode(req *request) (map[string]any, *oauthError) {
 		return nil, newErr(400, "access_denied", 65004, "User declined to consent to access the app.")
 	}
 	if dc.userOID == "" {
-		// Polls closer than this together are a client ignoring the interval; MSAL's first back-off is 50 ms.
-		fast := !dc.lastPoll.IsZero() && req.now.Sub(dc.lastPoll) < 40*time.Millisecond
+		// Two polls within a second are a client ignoring the 5 s interval. MSAL does (its back-off starts at 50 ms)
+		// and keeps polling on slow_down just as on authorization_pending, so this costs it nothing.
+		fast := !dc.lastPoll.IsZero() && req.now.Sub(dc.lastPoll) < time.Second
 		dc.lastPoll = req.now
 		if fast {
 			return nil, newErr(400, "slow_down", 70016, "OAuth 2.0 device flow error. Authorization is pending. Continue polling (more slowly).")
@@ -525,11 +526,11 @@ func (e *Emulator) grantDeviceCode(req *request) (map[string]any, *oauthError) {
 		return nil, oe
 	}
 	u := e.dir.userByOID(dc.userOID)
-	if oe := e.checkUser(u, dc.authTimes, true); oe != nil {
+	if oe := e.checkUser(u, dc.authTime, true); oe != nil {
 		return nil, oe
 	}
 	req.cp1 = req.cp1 || dc.claims != "" && mustCP1(dc.claims)
-	return e.issueUser(req, ss, &userSession{user: u, client: req.client, family: newUUID(), authTime: dc.authTimes, scp: scp})
+	return e.issueUser(req, ss, &userSession{user: u, client: req.client, family: newUUID(), authTime: dc.authTime, scp: scp})
 }
 
 func mustCP1(claims string) bool {
