@@ -359,3 +359,41 @@ func TestMSALInteractiveAuthCode(t *testing.T) {
 		})
 	}
 }
+
+// TestMSALDeviceCodeWhilePolling signs in while MSAL is already polling, so it sees authorization_pending and
+// slow_down first, as it does when a person types the code.
+func TestMSALDeviceCodeWhilePolling(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pub := newPublic(t, emu)
+	dc, err := pub.AcquireTokenByDeviceCode(ctx, []string{emutest.BlueprintUserScope})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		r   public.AuthResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := dc.AuthenticationResult(ctx)
+		done <- result{r, err}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	if err := emu.CompleteDeviceCode(dc.Result.VerificationURL, dc.Result.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("device code after polling: %v", res.err)
+	}
+	c, err := emu.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ByGrantType["device_code"] < 3 {
+		t.Errorf("MSAL polled %d times, want ≥ 3", c.ByGrantType["device_code"])
+	}
+	verify(t, emu, res.r.AccessToken)
+}
