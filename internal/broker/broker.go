@@ -66,6 +66,7 @@ type Broker struct {
 	limits    *limiter
 	attested  *attestCache
 	degraded  atomic.Pointer[string]
+	launches  launchSet // `agentidd exec` trees (launch.go)
 
 	// keyInfo remembers, per cache key, what a refresh needs that the key only hashes: the raw claims and the grant.
 	keyInfo sync.Map // cache key ID → keyInfo
@@ -129,7 +130,13 @@ type call struct {
 
 // GetToken implements AgentIdentity.GetToken.
 func (b *Broker) GetToken(ctx context.Context, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
-	c, err := b.authorize(ctx, in)
+	peer, _ := ipc.PeerFromContext(ctx)
+	return b.getToken(ctx, peer, in)
+}
+
+// getToken serves a request for peer: the connection's own peer, or a process in an `agentidd exec` tree (LaunchToken).
+func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+	c, err := b.authorize(ctx, peer, in)
 	if err != nil {
 		b.auditDenied(c, err)
 		return nil, err
@@ -174,11 +181,10 @@ func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.
 }
 
 // authorize runs every check before the cache. On error the returned call holds what was learned, for the audit record.
-func (b *Broker) authorize(ctx context.Context, in *agentidv1.GetTokenRequest) (*call, error) {
+func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest) (*call, error) {
 	cfg := b.cfg.Load()
 	c := &call{}
-	peer, ok := ipc.PeerFromContext(ctx)
-	if !ok {
+	if peer == nil {
 		return c, rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
 	}
 	c.peer = peer
@@ -303,7 +309,8 @@ func (b *Broker) ForgetGrant(grantID string) {
 // WatchToken implements AgentIdentity.WatchToken.
 func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.AgentIdentity_WatchTokenServer) error {
 	ctx := stream.Context()
-	c, err := b.authorize(ctx, in)
+	peer, _ := ipc.PeerFromContext(ctx)
+	c, err := b.authorize(ctx, peer, in)
 	if err != nil {
 		b.auditDenied(c, err)
 		return err
