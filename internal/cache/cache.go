@@ -147,6 +147,9 @@ type Options struct {
 	// OnPermanent runs after a fetch (a refresh or a Get's miss) failed permanently and k was purged, before the fetch's
 	// waiters are answered; no cache lock is held, so it may purge more. It must not call Get for k.
 	OnPermanent func(k Key, err error)
+	// OnStored runs after a fetched token was stored (no cache lock held), e.g. to persist it. A purge may race with it:
+	// the owner re-checks with Peek under its own lock, and purges the cache before its own copy.
+	OnStored func(k Key, t Token)
 	// RetryAfter optionally extracts the IdP's requested delay (429 Retry-After); it is a floor for the backoff.
 	RetryAfter func(error) time.Duration
 	// Backoff for transient refresh failures. Default 1s to 5m.
@@ -193,6 +196,7 @@ type Cache struct {
 	jitter       float64
 	classify     func(error) Class
 	onPermanent  func(Key, error)
+	onStored     func(Key, Token)
 	retryAfter   func(error) time.Duration
 	backoff      Backoff
 	fetchTimeout time.Duration
@@ -254,6 +258,7 @@ func New(o Options) *Cache {
 		jitter:       o.Jitter,
 		classify:     o.Classify,
 		onPermanent:  o.OnPermanent,
+		onStored:     o.OnStored,
 		retryAfter:   o.RetryAfter,
 		backoff:      o.Backoff,
 		fetchTimeout: o.FetchTimeout,
@@ -319,6 +324,17 @@ func (e *entry) touch(now time.Time) {
 	if n-e.lastUsed.Load() >= touchEvery {
 		e.lastUsed.Store(n)
 	}
+}
+
+// Peek returns the cached token for k, valid or not, without counting it as a use.
+func (c *Cache) Peek(k Key) (Token, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e := c.entries[k.ID()]
+	if e == nil {
+		return Token{}, false
+	}
+	return e.tok, true
 }
 
 // Lookup is the fast path: a map lookup under a read lock and an expiry check, no I/O and no allocation. A hit marks the
@@ -408,6 +424,7 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 	}
 
 	var class Class
+	stored := false
 	c.mu.Lock()
 	if c.flights[id] == cl {
 		delete(c.flights, id)
@@ -429,6 +446,7 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 		tok = normalize(tok, now)
 		if usable(&tok, now, storeMin) {
 			c.storeLocked(k, id, tok, now, fromGet)
+			stored = true
 		}
 		c.noteSuccessLocked()
 	}
@@ -441,6 +459,9 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 	// "sign in again" can never be served a sibling token of the condemned sign-in afterwards.
 	if class == Permanent && c.onPermanent != nil {
 		c.onPermanent(k, err)
+	}
+	if stored && c.onStored != nil {
+		c.onStored(k, tok)
 	}
 	close(cl.done)
 }

@@ -60,7 +60,7 @@ type Daemon struct {
 	consent  *consent.Manager
 	audit    *audit.Log
 	broker   *broker.Broker
-	tokens   tokenStore
+	tokens   *tokenStore
 	endpoint string
 	selfExe  string
 	selfHash string
@@ -125,12 +125,11 @@ func Run(ctx context.Context, o Options) error {
 
 	var b *broker.Broker
 	d.cache = cache.New(cache.Options{
-		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) {
-			tok, err := b.Fetch(ctx, k)
-			if err == nil && d.store != nil {
-				d.tokens.save(k, tok, b.ClaimsFor(k))
+		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) },
+		OnStored: func(k cache.Key, t cache.Token) {
+			if d.store != nil {
+				d.tokens.saveIfCurrent(d.cache, k, t, b.ClaimsFor(k))
 			}
-			return tok, err
 		},
 		RefreshWindow: cfg.RefreshWindow.Duration,
 		Classify:      classifyForCache,
@@ -229,7 +228,7 @@ func (d *Daemon) openState() error {
 		return fmt.Errorf("opening encrypted state: %w", err)
 	}
 	d.store = st
-	d.tokens = tokenStore{st: st, log: d.log}
+	d.tokens = &tokenStore{st: st, log: d.log}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/agentidd/agentidd/internal/cache"
@@ -54,13 +55,22 @@ type servedToken struct {
 
 const servedTokenVersion = 1
 
-// tokenStore persists served tokens so that a restart while the IdP is down still serves valid ones.
+// tokenStore persists served tokens so that a restart while the IdP is down still serves valid ones. Its mutex orders
+// saves against purges: a purge clears the cache first and then the store under mu, and a save re-checks the cache under
+// mu, so a token revoked while it was being fetched can never be written after its purge (and come back at restart).
 type tokenStore struct {
+	mu  sync.Mutex
 	st  *store.Store
 	log *slog.Logger
 }
 
-func (t tokenStore) save(k cache.Key, tok cache.Token, claims string) {
+// saveIfCurrent persists tok if it is still the cached token for k.
+func (t *tokenStore) saveIfCurrent(c *cache.Cache, k cache.Key, tok cache.Token, claims string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cur, ok := c.Peek(k); !ok || cur.AccessToken != tok.AccessToken {
+		return
+	}
 	b, err := json.Marshal(servedToken{Version: servedTokenVersion, Key: k, Token: tok, Claims: claims})
 	if err == nil {
 		err = t.st.Put(bucketTokens, k.ID(), b)
@@ -70,14 +80,18 @@ func (t tokenStore) save(k cache.Key, tok cache.Token, claims string) {
 	}
 }
 
-func (t tokenStore) remove(k cache.Key) {
+func (t *tokenStore) remove(k cache.Key) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if err := t.st.Delete(bucketTokens, k.ID()); err != nil {
 		t.log.Warn("could not delete a purged token from the store", "err", err)
 	}
 }
 
 // load returns every stored token still valid at now; expired ones are deleted.
-func (t tokenStore) load(now time.Time) []servedToken {
+func (t *tokenStore) load(now time.Time) []servedToken {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	var out []servedToken
 	var expired []string
 	err := t.st.ForEach(bucketTokens, func(key string, value []byte) error {
@@ -103,7 +117,9 @@ func (t tokenStore) load(now time.Time) []servedToken {
 }
 
 // purge deletes every stored token that match selects, so a revocation also holds across a restart.
-func (t tokenStore) purge(match func(servedToken) bool) {
+func (t *tokenStore) purge(match func(servedToken) bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	var doomed []string
 	_ = t.st.ForEach(bucketTokens, func(key string, value []byte) error {
 		var s servedToken
