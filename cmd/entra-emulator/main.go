@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/agentidd/agentidd/internal/entraemu"
 )
+
+// exitOnStdinEOF names the environment variable that makes the emulator stop when its stdin reaches EOF.
+const exitOnStdinEOF = "ENTRA_EMULATOR_EXIT_ON_STDIN_EOF"
 
 func main() {
 	fs := flag.NewFlagSet("entra-emulator", flag.ContinueOnError)
@@ -31,6 +35,15 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if os.Getenv(exitOnStdinEOF) == "1" {
+		// Test harnesses hold our stdin open; when the harness dies without stopping us, the OS closes it and we exit
+		// instead of lingering. Off by default: a daemonised emulator often has /dev/null as stdin.
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			log.Info("stdin closed; shutting down")
+			stop()
+		}()
+	}
 	err := entraemu.Run(ctx, entraemu.RunConfig{
 		DirectoryFile: *directory, Listen: *listen, StateDir: *stateDir, TokenLifetime: *lifetime,
 		Stdout: os.Stdout, Logger: log,

@@ -135,3 +135,36 @@ func TestRestartKeepsSessions(t *testing.T) {
 		t.Fatalf("counters after restart: %+v %v", c, err)
 	}
 }
+
+// TestExitsWhenStdinCloses: with ENTRA_EMULATOR_EXIT_ON_STDIN_EOF=1 (what emutest sets) a harness that dies without
+// stopping the emulator does not leave it running.
+func TestExitsWhenStdinCloses(t *testing.T) {
+	cmd := exec.Command(emutest.Build(t), "--state-dir", t.TempDir())
+	cmd.Env = append(os.Environ(), exitOnStdinEOF+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	stdin.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("emulator still running 10 s after stdin closed")
+	}
+}

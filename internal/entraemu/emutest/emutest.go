@@ -83,6 +83,7 @@ type Emulator struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	stderr   *lockedBuffer
+	stdin    io.WriteCloser // held open for the emulator's life; see start
 	client   *http.Client
 	stopOnce bool
 }
@@ -142,6 +143,12 @@ func (e *Emulator) start() error {
 		args = append(args, "--token-lifetime", e.opts.TokenLifetime.String())
 	}
 	cmd := exec.Command(bin, args...)
+	// If this test process dies without Stop, the OS closes the pipe and the emulator exits rather than linger.
+	cmd.Env = append(os.Environ(), "ENTRA_EMULATOR_EXIT_ON_STDIN_EOF=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -193,7 +200,7 @@ func (e *Emulator) start() error {
 	defer e.mu.Unlock()
 	e.URL, e.Authority, e.Tenant, e.CAFile, e.AdminURL, e.AdminToken, e.PID = r.URL, r.Authority, r.Tenant, r.CAFile, r.AdminURL, r.AdminToken, r.PID
 	e.listen = strings.TrimPrefix(r.URL, "https://")
-	e.cmd, e.done, e.stopOnce = cmd, done, false
+	e.cmd, e.done, e.stopOnce, e.stdin = cmd, done, false, stdin
 	e.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		DialContext:     (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
@@ -209,8 +216,9 @@ func (e *Emulator) Stop() {
 		return
 	}
 	e.stopOnce = true
-	cmd, done := e.cmd, e.done
+	cmd, done, stdin := e.cmd, e.done, e.stdin
 	e.mu.Unlock()
+	defer stdin.Close()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		_ = cmd.Process.Kill()
 	}
