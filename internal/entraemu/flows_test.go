@@ -477,3 +477,26 @@ func TestDiscoveryDocuments(t *testing.T) {
 		t.Errorf("jwks: %s (%v)", keys.body, err)
 	}
 }
+
+func TestRefreshPruning(t *testing.T) {
+	h := newHarness(t, Config{})
+	now := time.Now()
+	old := now.Add(-48 * time.Hour)
+	h.emu.st.Refresh["used-old"] = &refreshRecord{Family: "f1", Used: true, LastUsed: old}
+	h.emu.st.Refresh["live-old"] = &refreshRecord{Family: "f1", LastUsed: old}
+	h.emu.st.Refresh["inactive"] = &refreshRecord{Family: "f2", LastUsed: now.Add(-refreshInactivity - time.Hour)}
+	h.emu.st.Refresh["used-new"] = &refreshRecord{Family: "f3", Used: true, LastUsed: now}
+	h.emu.st.Refresh["revoked"] = &refreshRecord{Family: "f4", LastUsed: now}
+	h.emu.st.RevokedFamilies["f4"] = true
+	h.emu.pruneRefresh(now)
+	for _, k := range []string{"used-old", "inactive", "revoked"} {
+		if h.emu.st.Refresh[k] != nil {
+			t.Errorf("%s kept", k)
+		}
+	}
+	for _, k := range []string{"live-old", "used-new"} {
+		if h.emu.st.Refresh[k] == nil {
+			t.Errorf("%s pruned", k)
+		}
+	}
+}

@@ -470,7 +470,13 @@ func (e *Emulator) issueUser(req *request, ss *scopeSet, s *userSession) (map[st
 	return res, nil
 }
 
+// maxRefreshRecords bounds memory and state.json in long-running demos; see pruneRefresh.
+const maxRefreshRecords = 10000
+
 func (e *Emulator) issueRefresh(s *userSession, now time.Time) string {
+	if len(e.st.Refresh) >= maxRefreshRecords {
+		e.pruneRefresh(now)
+	}
 	t := "1.AEMU." + randString(48)
 	e.st.Refresh[hashToken(t)] = &refreshRecord{Family: s.family, ClientID: s.client.AppID, UserOID: s.user.OID, AuthTime: s.authTime, LastUsed: now}
 	return t
@@ -751,4 +757,15 @@ func (e *Emulator) grantClientCredentials(req *request) (map[string]any, *oauthE
 		return nil, oe
 	}
 	return e.tokenResponse(at, ss.requested), nil
+}
+
+// pruneRefresh forgets refresh tokens that can no longer be redeemed: inactive ones, and rotated-out ones after a day
+// (reuse of those is then answered as an unknown token rather than by revoking the family).
+func (e *Emulator) pruneRefresh(now time.Time) {
+	for k, r := range e.st.Refresh {
+		idle := now.Sub(r.LastUsed)
+		if idle > refreshInactivity || (r.Used && idle > 24*time.Hour) || e.st.RevokedFamilies[r.Family] {
+			delete(e.st.Refresh, k)
+		}
+	}
 }
