@@ -44,7 +44,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 	if got := refresh(h.signIn().str("refresh_token")); got.status != 200 {
 		t.Fatalf("new family: %d %s", got.status, got.body)
 	}
-	if got := refresh("garbage"); got.status != 400 || got.str("error") != "invalid_request" {
+	if got := refresh("garbage"); got.status != 400 || got.str("error") != "invalid_grant" || got.code() != 9002313 {
 		t.Fatalf("garbage refresh token: %d %s", got.status, got.body)
 	}
 }

@@ -564,7 +564,8 @@ func (e *Emulator) grantRefresh(req *request) (map[string]any, *oauthError) {
 	}
 	rec := e.st.Refresh[hashToken(rt)]
 	if rec == nil {
-		return nil, errInvalidRequest("The refresh token is not valid.")
+		// Entra answers a refresh token it cannot read with invalid_grant, so clients treat it as a dead sign-in.
+		return nil, newErr(400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid. The refresh token is not valid.")
 	}
 	if !strings.EqualFold(rec.ClientID, req.client.AppID) {
 		return nil, newErr(400, "invalid_grant", 70000, "The refresh token was issued to a different client.")
