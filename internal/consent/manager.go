@@ -37,6 +37,7 @@ type Manager struct {
 	pending map[string]*pending // by key(request): joins identical requests
 	byID    map[string]*pending // by request ID: for Decide
 	gen     uint64              // bumped on every change worth persisting
+	watches map[string]func()   // by grant ID: stops the task process watch
 
 	subMu   sync.Mutex
 	subs    map[int]chan Request
@@ -108,6 +109,7 @@ func NewManager(o Options) (*Manager, error) {
 		grants:  make(map[string]*Grant),
 		pending: make(map[string]*pending),
 		byID:    make(map[string]*pending),
+		watches: make(map[string]func()),
 		subs:    make(map[int]chan Request),
 	}
 	if o.Persist == nil {
@@ -133,6 +135,10 @@ func NewManager(o Options) (*Manager, error) {
 			continue
 		}
 		m.grants[g.ID] = g
+	}
+	// A delegated grant whose parent ended while the daemon was down ends too.
+	if orphans := m.orphansLocked(); len(orphans) > 0 {
+		m.gen++
 	}
 	for _, d := range st.Denies {
 		if now.Before(d.Until) {
@@ -161,23 +167,36 @@ func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (G
 	}
 	now := m.now()
 	m.mu.RLock()
-	g := m.findLocked(req, now)
+	err := m.delegationLocked(&req, now)
+	var g *Grant
+	if err == nil {
+		g = m.findLocked(req, now)
+	}
 	m.mu.RUnlock()
+	if err != nil {
+		return Grant{}, err
+	}
 	if g != nil {
 		return *g, nil
 	}
 
 	m.mu.Lock()
-	expired := m.expireLocked(now)
+	expired, orphaned := m.expireLocked(now)
+	// The parent may have expired just now.
+	if err := m.delegationLocked(&req, now); err != nil {
+		m.mu.Unlock()
+		m.revokedBoth(expired, orphaned)
+		return Grant{}, err
+	}
 	if g := m.findLocked(req, now); g != nil {
 		m.mu.Unlock()
-		m.revoked(expired, ReasonExpired)
+		m.revokedBoth(expired, orphaned)
 		return *g, nil
 	}
 	for _, d := range m.denies {
 		if d.blocks(req) && now.Before(d.Until) {
 			m.mu.Unlock()
-			m.revoked(expired, ReasonExpired)
+			m.revokedBoth(expired, orphaned)
 			return Grant{}, &DeniedError{RequestID: d.RequestID, Remembered: true, Until: d.Until, Reason: "denied by the user"}
 		}
 	}
@@ -187,7 +206,7 @@ func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (G
 		p = m.openLocked(req, k, now)
 	}
 	m.mu.Unlock()
-	m.revoked(expired, ReasonExpired)
+	m.revokedBoth(expired, orphaned)
 
 	if !joined {
 		m.log.Info("consent requested", "request_id", p.req.ID, "agent", req.AgentAppID, "mode", req.Mode,
@@ -209,29 +228,96 @@ func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (G
 	return m.wait(ctx, p, wait)
 }
 
-// findLocked returns a live grant covering req, or nil.
+// findLocked returns a live grant covering req, or nil. A delegated grant
+// is live only while its parent is.
 func (m *Manager) findLocked(req Request, now time.Time) *Grant {
 	for _, g := range m.grants {
-		if !g.Expired(now) && g.Covers(req) {
+		if !g.Expired(now) && g.Covers(req) && m.parentLiveLocked(g, now) {
 			return g
 		}
 	}
 	return nil
 }
 
-// expireLocked removes expired grants and stale denials and returns the grants.
-func (m *Manager) expireLocked(now time.Time) []Grant {
-	var out []Grant
+func (m *Manager) parentLiveLocked(g *Grant, now time.Time) bool {
+	if g.ParentGrantID == "" {
+		return true
+	}
+	p, ok := m.grants[g.ParentGrantID]
+	return ok && !p.Expired(now)
+}
+
+// delegationLocked checks a delegated request against its parent grant:
+// it must exist, be live, be the same user's and belong to the agent that
+// delegated (the last link of req.Chain). It then sets req.Chain to the
+// full chain the parent grant records plus the parent agent, so a grant
+// always names everyone the work passed through. Undelegated requests
+// pass unchanged.
+func (m *Manager) delegationLocked(req *Request, now time.Time) error {
+	if req.Chain == nil {
+		return nil
+	}
+	parent := req.Chain[len(req.Chain)-1]
+	deny := func(format string, args ...any) error {
+		return &DeniedError{Reason: fmt.Sprintf(format, args...), Err: ErrParentGrant}
+	}
+	if req.ParentGrantID == "" {
+		return deny("agent %q delegated without naming its grant", parent)
+	}
+	p, ok := m.grants[req.ParentGrantID]
+	switch {
+	case !ok || p.Expired(now) || !m.parentLiveLocked(p, now):
+		return deny("the parent grant %s is not live (revoked, expired or never made)", req.ParentGrantID)
+	case p.UserOID != req.UserOID:
+		return deny("the parent grant %s is another user's", req.ParentGrantID)
+	case p.AgentName != parent:
+		return deny("the parent grant %s is not agent %q's", req.ParentGrantID, parent)
+	}
+	full := append(slices.Clone(p.Chain), p.AgentName)
+	if len(req.Chain) > len(full) || !slices.Equal(full[len(full)-len(req.Chain):], req.Chain) {
+		return deny("the delegation chain does not match the parent grant %s", req.ParentGrantID)
+	}
+	req.Chain = full
+	return nil
+}
+
+// expireLocked removes expired grants, the delegated grants that depended
+// on them, and stale denials.
+func (m *Manager) expireLocked(now time.Time) (expired, orphaned []Grant) {
 	for id, g := range m.grants {
 		if g.Expired(now) {
-			out = append(out, *g)
+			expired = append(expired, *g)
 			delete(m.grants, id)
 		}
 	}
+	orphaned = m.orphansLocked()
 	n := len(m.denies)
 	m.denies = slices.DeleteFunc(m.denies, func(d deny) bool { return !now.Before(d.Until) })
-	if len(out) > 0 || n != len(m.denies) {
+	if len(expired) > 0 || len(orphaned) > 0 || n != len(m.denies) {
 		m.gen++
+	}
+	return expired, orphaned
+}
+
+// orphansLocked removes and returns every grant whose parent grant is gone,
+// transitively: delegated work must not outlive the delegating agent's
+// grant.
+func (m *Manager) orphansLocked() []Grant {
+	var out []Grant
+	for {
+		n := len(out)
+		for id, g := range m.grants {
+			if g.ParentGrantID == "" {
+				continue
+			}
+			if _, ok := m.grants[g.ParentGrantID]; !ok {
+				out = append(out, *g)
+				delete(m.grants, id)
+			}
+		}
+		if len(out) == n {
+			break
+		}
 	}
 	return out
 }
@@ -369,11 +455,11 @@ func (m *Manager) settle(p *pending, o outcome) (Grant, error) {
 	case o.allow:
 		g := &Grant{
 			ID: newID("g_"), UserOID: req.UserOID, AgentAppID: req.AgentAppID, AgentName: req.AgentName,
-			Mode: req.Mode, Resource: req.Resource, Scopes: req.Scopes, Chain: req.Chain,
+			Mode: req.Mode, Resource: req.Resource, Scopes: req.Scopes, Chain: req.Chain, ParentGrantID: req.ParentGrantID,
 			NotAfter: m.notAfter(now, o.d), CreatedAt: now, DecidedBy: DecidedByUser, DecidedVia: o.via, RequestID: req.ID,
 		}
 		if o.d == TaskOnly {
-			g.TaskID = req.TaskID
+			g.TaskID, g.TaskPID, g.TaskProcStart = req.TaskID, req.Process.PID, req.Process.StartTime
 		}
 		m.grants[g.ID] = g
 		p.grant = g
@@ -393,6 +479,9 @@ func (m *Manager) settle(p *pending, o outcome) (Grant, error) {
 	m.mu.Unlock()
 
 	err := m.persist()
+	if p.grant != nil {
+		m.watchTask(*p.grant)
+	}
 	m.log.Info("consent decided", "request_id", req.ID, "allowed", o.allow, "via", o.via, "remembered", o.remember, "reason", o.reason)
 	if m.o.OnDecision != nil {
 		m.o.OnDecision(dec)
@@ -457,19 +546,25 @@ func (m *Manager) GrantByPolicy(req Request, d time.Duration) (Grant, error) {
 		return Grant{}, err
 	}
 	now := m.now()
+	m.mu.Lock()
+	if err := m.delegationLocked(&req, now); err != nil {
+		m.mu.Unlock()
+		return Grant{}, err
+	}
 	g := &Grant{
 		ID: newID("g_"), UserOID: req.UserOID, AgentAppID: req.AgentAppID, AgentName: req.AgentName,
-		Mode: req.Mode, Resource: req.Resource, Scopes: req.Scopes, Chain: req.Chain,
+		Mode: req.Mode, Resource: req.Resource, Scopes: req.Scopes, Chain: req.Chain, ParentGrantID: req.ParentGrantID,
 		NotAfter: m.notAfter(now, d), CreatedAt: now, DecidedBy: DecidedByPolicy, DecidedVia: ViaPolicy,
 	}
 	if d == TaskOnly {
-		g.TaskID = req.TaskID
+		g.TaskID, g.TaskPID, g.TaskProcStart = req.TaskID, req.Process.PID, req.Process.StartTime
 	}
-	m.mu.Lock()
 	m.grants[g.ID] = g
 	m.gen++
 	m.mu.Unlock()
-	return *g, m.persist()
+	err = m.persist()
+	m.watchTask(*g)
+	return *g, err
 }
 
 // Pending lists open consent requests, oldest first.
@@ -511,8 +606,10 @@ func (m *Manager) Grants() []Grant {
 func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 	m.mu.Lock()
 	g, ok := m.grants[grantID]
+	var orphaned []Grant
 	if ok {
 		delete(m.grants, grantID)
+		orphaned = m.orphansLocked()
 		m.gen++
 	}
 	m.mu.Unlock()
@@ -520,6 +617,7 @@ func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 		return Grant{}, fmt.Errorf("%w: %s", ErrNoSuchGrant, grantID)
 	}
 	m.revoked([]Grant{*g}, reason)
+	m.revoked(orphaned, ReasonParentEnded)
 	return *g, m.persist()
 }
 
@@ -557,7 +655,9 @@ func (m *Manager) revokeWhere(match func(*Grant) bool, reason string) []Grant {
 			delete(m.grants, id)
 		}
 	}
+	var orphaned []Grant
 	if len(out) > 0 {
+		orphaned = m.orphansLocked()
 		m.gen++
 	}
 	m.mu.Unlock()
@@ -565,6 +665,7 @@ func (m *Manager) revokeWhere(match func(*Grant) bool, reason string) []Grant {
 		return nil
 	}
 	m.revoked(out, reason)
+	m.revoked(orphaned, ReasonParentEnded)
 	if err := m.persist(); err != nil {
 		m.log.Error("grant revocation not persisted", "err", err)
 	}
@@ -587,10 +688,10 @@ func (m *Manager) ResetDenies() {
 // sleep; ExpireLoop calls it every second.
 func (m *Manager) Expire() []Grant {
 	m.mu.Lock()
-	out := m.expireLocked(m.now())
+	out, orphaned := m.expireLocked(m.now())
 	m.mu.Unlock()
-	m.revoked(out, ReasonExpired)
-	if len(out) > 0 {
+	m.revokedBoth(out, orphaned)
+	if len(out)+len(orphaned) > 0 {
 		if err := m.persist(); err != nil {
 			m.log.Error("grant expiry not persisted", "err", err)
 		}
@@ -600,7 +701,21 @@ func (m *Manager) Expire() []Grant {
 
 // ExpireLoop runs Expire until ctx ends. It polls rather than sleeping to
 // the next expiry because timers do not advance while a laptop sleeps.
+// It first watches the processes of task-bound grants restored from disk
+// (see Options.WatchExit): by the time the daemon starts this loop,
+// OnRevoke is safe to call.
 func (m *Manager) ExpireLoop(ctx context.Context) {
+	m.mu.RLock()
+	var restored []Grant
+	for id, g := range m.grants {
+		if _, watched := m.watches[id]; !watched && g.TaskPID > 0 {
+			restored = append(restored, *g)
+		}
+	}
+	m.mu.RUnlock()
+	for _, g := range restored {
+		m.watchTask(g)
+	}
 	t := time.NewTicker(expireEvery)
 	defer t.Stop()
 	for {
@@ -646,7 +761,60 @@ func (m *Manager) publish(r Request) {
 	}
 }
 
+// watchTask follows the process that asked for task-bound grant g and
+// revokes g when it exits.
+func (m *Manager) watchTask(g Grant) {
+	if m.o.WatchExit == nil || g.TaskID == "" || g.TaskPID <= 0 {
+		return
+	}
+	id := g.ID
+	stop := m.o.WatchExit(g.TaskPID, g.TaskProcStart, func() {
+		if _, err := m.Revoke(id, ReasonTaskExited); err != nil && !errors.Is(err, ErrNoSuchGrant) {
+			m.log.Error("task grant revocation not persisted", "grant_id", id, "err", err)
+		}
+	})
+	if stop == nil {
+		stop = func() {}
+	}
+	m.mu.Lock()
+	_, live := m.grants[id]
+	old, had := m.watches[id]
+	if live {
+		m.watches[id] = stop
+	}
+	m.mu.Unlock()
+	// The process may have exited, and the grant gone, before we got here.
+	if !live {
+		stop()
+	}
+	if had {
+		old()
+	}
+}
+
+func (m *Manager) revokedBoth(expired, orphaned []Grant) {
+	m.revoked(expired, ReasonExpired)
+	m.revoked(orphaned, ReasonParentEnded)
+}
+
+// revoked stops the grants' process watches and runs OnRevoke. Call it
+// without m.mu held.
 func (m *Manager) revoked(gs []Grant, reason string) {
+	if len(gs) == 0 {
+		return
+	}
+	var stops []func()
+	m.mu.Lock()
+	for _, g := range gs {
+		if stop, ok := m.watches[g.ID]; ok {
+			delete(m.watches, g.ID)
+			stops = append(stops, stop)
+		}
+	}
+	m.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
 	for _, g := range gs {
 		m.log.Info("grant revoked", "grant_id", g.ID, "agent", g.AgentAppID, "reason", reason)
 		if m.o.OnRevoke != nil {

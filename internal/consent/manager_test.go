@@ -137,7 +137,8 @@ func TestCoverage(t *testing.T) {
 		{"other resource", func(r *Request) { r.Resource = "api://other" }, false},
 		{"other user", func(r *Request) { r.UserOID = "user-2" }, false},
 		{"other agent", func(r *Request) { r.AgentAppID = "agent-app-2" }, false},
-		{"other chain", func(r *Request) { r.Chain = []string{"planner"} }, false},
+		// Delegated by the same agent under the first grant: a valid chain, but not the grant's.
+		{"other chain", func(r *Request) { r.Chain = []string{"files-helper"} }, false},
 		{"any task under a time grant", func(r *Request) { r.TaskID = "t1" }, true},
 	}
 	for _, tc := range tests {
@@ -152,6 +153,9 @@ func TestCoverage(t *testing.T) {
 			}
 			r := baseReq()
 			tc.mutate(&r)
+			if r.Chain != nil {
+				r.ParentGrantID = g.ID
+			}
 			got, err := m.Check(ctx, r, 0)
 			if tc.covered {
 				if err != nil || got.ID != g.ID {

@@ -51,15 +51,21 @@ const (
 
 // Revocation reasons the Manager itself produces (Revoke callers pass their own).
 const (
-	ReasonExpired   = "expired"
-	ReasonTaskEnded = "task ended"
+	ReasonExpired     = "expired"
+	ReasonTaskEnded   = "task ended"
+	ReasonTaskExited  = "the task's process exited"
+	ReasonParentEnded = "the parent agent's grant ended"
 )
 
-// Process is the requesting process as attested at accept time.
+// Process is the requesting process as attested at accept time. StartTime
+// is platform.Process.StartTime: with PID it names one process for its
+// whole life, so a task-bound grant can follow that process and not
+// whatever later reuses its PID. 0 means unknown.
 type Process struct {
 	PID, PPID    int
 	ExePath      string
 	SHA256Prefix string
+	StartTime    uint64
 }
 
 // Request is one agent asking to act. Scopes are normalised to a sorted
@@ -74,8 +80,12 @@ type Request struct {
 	TaskID                                  string   // optional: grant bound to a task
 	Justification                           string   // the agent's own words; shown marked as such
 	Chain                                   []string // delegation chain (parent agent names)
-	Process                                 Process
-	CreatedAt                               time.Time
+	// ParentGrantID is the grant under which the last agent of Chain
+	// delegated this work. It must be live, the same user's, and belong to
+	// that agent; the Manager then records the full chain from it.
+	ParentGrantID string
+	Process       Process
+	CreatedAt     time.Time
 }
 
 // Grant is a user's yes. Grants are immutable once made: treat the slices
@@ -95,6 +105,12 @@ type Grant struct {
 	DecidedBy  string    `json:"decided_by"`  // DecidedByUser or DecidedByPolicy
 	DecidedVia string    `json:"decided_via"` // "prompt:<name>", ViaTerminal or ViaPolicy
 	RequestID  string    `json:"request_id,omitempty"`
+	// ParentGrantID is the delegating agent's grant; this grant ends with it.
+	ParentGrantID string `json:"parent_grant_id,omitempty"`
+	// TaskPID and TaskProcStart name the process that asked for a
+	// task-bound grant: the grant ends when it exits (see Options.WatchExit).
+	TaskPID       int    `json:"task_pid,omitempty"`
+	TaskProcStart uint64 `json:"task_proc_start,omitempty"`
 }
 
 // Expired reports whether the grant is past NotAfter at now. The monotonic
@@ -169,7 +185,13 @@ type Options struct {
 	OnRevoke func(g Grant, reason string)
 	// OnDecision runs once per settled request (audit). Same rule as OnRevoke.
 	OnDecision func(d Decision)
-	Log        *slog.Logger
+	// WatchExit, when set, follows the process that asked for a task-bound
+	// grant: it calls onExit once when the process (pid, with start time
+	// start; 0 = unknown) is gone, and never after stop. onExit may run on
+	// any goroutine, even before WatchExit returns. Grants restored from disk
+	// are watched again when ExpireLoop starts, once the daemon is wired.
+	WatchExit func(pid int, start uint64, onExit func()) (stop func())
+	Log       *slog.Logger
 }
 
 // Errors.
@@ -178,6 +200,9 @@ var (
 	ErrNoSuchRequest  = errors.New("consent: no such pending request")
 	ErrNoSuchGrant    = errors.New("consent: no such grant")
 	ErrBadDuration    = errors.New("consent: duration must be task-only, 1h, 8h or 7d")
+	// ErrParentGrant is wrapped by the *DeniedError of a delegated request
+	// whose parent grant is missing, ended, or not the parent agent's.
+	ErrParentGrant = errors.New("consent: the parent agent's grant does not cover this delegation")
 )
 
 // PendingError means the user has not answered yet. The caller may retry
@@ -198,9 +223,15 @@ type DeniedError struct {
 	Remembered bool
 	Until      time.Time
 	Reason     string
+	Err        error // the cause, when not the user's answer (ErrParentGrant)
 }
 
+func (e *DeniedError) Unwrap() error { return e.Err }
+
 func (e *DeniedError) Error() string {
+	if e.RequestID == "" {
+		return "consent not given: " + e.Reason
+	}
 	if e.Remembered {
 		return fmt.Sprintf("consent denied by the user (request %s); not asking again until %s, or run `agentidd consent reset-denies`",
 			e.RequestID, e.Until.UTC().Format(time.RFC3339))
@@ -223,6 +254,10 @@ func normalize(r *Request) error {
 	r.Scopes = NormalizeScopes(r.Scopes)
 	if len(r.Chain) == 0 {
 		r.Chain = nil
+	}
+	r.ParentGrantID = strings.TrimSpace(r.ParentGrantID)
+	if r.ParentGrantID != "" && r.Chain == nil {
+		return fmt.Errorf("%w: a parent grant needs the parent agent in the chain", ErrInvalidRequest)
 	}
 	return nil
 }
