@@ -1,0 +1,247 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/cache"
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/internal/consent"
+	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/ipc"
+	"github.com/agentidd/agentidd/platform"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+const (
+	testExe    = "/opt/agents/bin/agent"
+	testHash   = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	testAgent  = "agent"
+	testAppID  = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f"
+	testScope  = "api://files.example/Files.Read"
+	testUser   = "b2c4e6f8-1a3b-4c5d-8e7f-9a0b1c2d3e4f"
+	testPID    = 4242
+	testStart  = 777
+	otherExe   = "/usr/bin/evil"
+	otherPID   = 4343
+	otherStart = 888
+)
+
+// fakeIdP counts exchanges; fakes are for the broker's own logic only (acceptance tests use the real emulator).
+type fakeIdP struct {
+	calls atomic.Int64
+	err   error
+}
+
+func (f *fakeIdP) Account() *entra.Account { return &entra.Account{UPN: "ada@example", OID: testUser} }
+
+func (f *fakeIdP) OnBehalfOf(context.Context, string, []string, string) (entra.Result, error) {
+	n := f.calls.Add(1)
+	if f.err != nil {
+		return entra.Result{}, f.err
+	}
+	return entra.Result{AccessToken: fmt.Sprintf("token-%d", n), ExpiresAt: time.Now().Add(time.Hour)}, nil
+}
+
+func (f *fakeIdP) AppOnly(ctx context.Context, a string, s []string, c string) (entra.Result, error) {
+	return f.OnBehalfOf(ctx, a, s, c)
+}
+
+type fakeInspector struct{}
+
+func (fakeInspector) Inspect(pid int) (platform.Process, error) {
+	switch pid {
+	case testPID:
+		return platform.Process{PID: pid, PPID: 1, ExePath: testExe, StartTime: testStart}, nil
+	case otherPID:
+		return platform.Process{PID: pid, PPID: 1, ExePath: otherExe, StartTime: otherStart}, nil
+	}
+	return platform.Process{}, platform.ErrNoSuchProcess
+}
+
+func (fakeInspector) ExeDigest(string) (string, error)  { return testHash, nil }
+func (fakeInspector) Ancestors(int, int) ([]int, error) { return nil, nil }
+func (fakeInspector) String() string                    { return "fake" }
+func peerCtx(pid int, start uint64) context.Context {
+	return ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, pid, "", start, nil))
+}
+
+type fixture struct {
+	b   *Broker
+	idp *fakeIdP
+	c   *cache.Cache
+}
+
+func newFixture(tb testing.TB) *fixture {
+	tb.Helper()
+	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
+		RateLimit: 1e9, Burst: 1e9,
+		Agents: []config.Agent{{Name: testAgent, AppID: testAppID, Bindings: []config.Binding{{Exe: testExe, SHA256: testHash}}}}}
+	log, err := audit.Open(filepath.Join(tb.TempDir(), "audit.jsonl"), audit.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { log.Close() })
+	cm, err := consent.NewManager(consent.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := &fixture{idp: &fakeIdP{}}
+	var b *Broker
+	f.c = cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
+	b = New(Options{Config: cfg, IdP: f.idp, Cache: f.c, Consent: cm, Audit: log, Attestor: attest.New(fakeInspector{}), Inspector: fakeInspector{}})
+	f.b = b
+	// Approve once, through the same path a user takes.
+	_, err = b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
+	if ReasonOf(err) != ReasonConsentPending {
+		tb.Fatalf("first call: %v", err)
+	}
+	reqs := cm.Pending()
+	if len(reqs) != 1 {
+		tb.Fatalf("pending: %d", len(reqs))
+	}
+	if _, err := cm.Decide(reqs[0].ID, true, time.Hour, consent.ViaTerminal); err != nil {
+		tb.Fatal(err)
+	}
+	return f
+}
+
+func TestCachedTokenServedWithoutIdP(t *testing.T) {
+	f := newFixture(t)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	first, err := f.b.GetToken(peerCtx(testPID, testStart), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := f.b.GetToken(peerCtx(testPID, testStart), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_IDP || second.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_CACHE {
+		t.Errorf("sources %v then %v", first.GetSource(), second.GetSource())
+	}
+	if first.GetAccessToken() != second.GetAccessToken() || f.idp.calls.Load() != 1 {
+		t.Errorf("second call reached the IdP (%d calls)", f.idp.calls.Load())
+	}
+	p := second.GetPrincipal()
+	if p.GetUserOid() != testUser || p.GetAgentAppId() != testAppID || p.GetAgentName() != testAgent {
+		t.Errorf("principal %+v", p)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	f := newFixture(t)
+	gone := ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, func() error { return ipc.ErrPeerGone }))
+	cases := []struct {
+		name   string
+		ctx    context.Context
+		req    *agentidv1.GetTokenRequest
+		code   codes.Code
+		reason string
+	}{
+		{"other binary", peerCtx(otherPID, otherStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}, codes.PermissionDenied, ReasonNotAttested},
+		{"pid reused since accept", peerCtx(testPID, testStart+1), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}, codes.PermissionDenied, ReasonPeerGone},
+		{"peer exited", gone, &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}, codes.PermissionDenied, ReasonPeerGone},
+		{"no peer", context.Background(), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}, codes.PermissionDenied, ReasonNotAttested},
+		{"unknown agent", peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: "x", Scopes: []string{testScope}}, codes.NotFound, ReasonUnknownAgent},
+		{"superset needs consent", peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope, "api://files.example/Files.Write"}}, codes.FailedPrecondition, ReasonConsentPending},
+		{"min ttl too long", peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}, MinTtl: durationOf(13 * time.Hour)}, codes.InvalidArgument, ReasonInvalidArgument},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := f.b.GetToken(tc.ctx, tc.req)
+			if status.Code(err) != tc.code || ReasonOf(err) != tc.reason {
+				t.Errorf("got %v / %q, want %v / %q", status.Code(err), ReasonOf(err), tc.code, tc.reason)
+			}
+		})
+	}
+}
+
+func TestIdPErrorMapping(t *testing.T) {
+	cases := []struct {
+		err    error
+		code   codes.Code
+		reason string
+	}{
+		{entra.ErrNotSignedIn, codes.Unauthenticated, ReasonSigninRequired},
+		{&entra.Error{Class: entra.ClassTransient}, codes.Unavailable, ReasonIdPUnreachable},
+		{&entra.Error{Class: entra.ClassPermanent, Subject: entra.SubjectUser, AADSTS: 50173}, codes.Unauthenticated, ReasonSigninRequired},
+		{&entra.Error{Class: entra.ClassPermanent, Subject: entra.SubjectAgent, AADSTS: 7000112}, codes.PermissionDenied, ReasonAgentRejected},
+		{&entra.Error{Class: entra.ClassPermanent, Subject: entra.SubjectConsent, AADSTS: 65001}, codes.PermissionDenied, ReasonIdPConsentRequired},
+		{&entra.Error{Class: entra.ClassInteraction, Claims: `{"access_token":{}}`}, codes.FailedPrecondition, ReasonInteractionRequired},
+		{&entra.Error{Class: entra.ClassInvalidRequest, AADSTS: 70011}, codes.InvalidArgument, ReasonInvalidArgument},
+		{errors.New("boom"), codes.Internal, ReasonInternal},
+	}
+	for _, tc := range cases {
+		err := idpError(tc.err, 0)
+		if status.Code(err) != tc.code || ReasonOf(err) != tc.reason {
+			t.Errorf("%v: got %v / %q, want %v / %q", tc.err, status.Code(err), ReasonOf(err), tc.code, tc.reason)
+		}
+	}
+	if d := retryDelayOf(idpError(&entra.Error{Class: entra.ClassTransient, RetryAfter: 30 * time.Second}, time.Second)); d != 30*time.Second {
+		t.Errorf("Retry-After not honoured: %v", d)
+	}
+}
+
+func TestTransientErrorKeepsServingCachedToken(t *testing.T) {
+	f := newFixture(t)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+		t.Fatal(err)
+	}
+	f.idp.err = &entra.Error{Class: entra.ClassTransient}
+	if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+		t.Fatalf("cached token not served while the IdP is down: %v", err)
+	}
+	forced := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}, ForceRefresh: true}
+	_, err := f.b.GetToken(peerCtx(testPID, testStart), forced)
+	if status.Code(err) != codes.Unavailable || retryDelayOf(err) <= 0 {
+		t.Errorf("forced refresh with the IdP down: %v (retry %v)", err, retryDelayOf(err))
+	}
+}
+
+// BenchmarkGetTokenCached is the in-process cost of a cache hit: validation, attestation cache, rate limit, consent
+// check, cache lookup, liveness and one buffered audit append. Allocations per call are reported.
+func BenchmarkGetTokenCached(b *testing.B) {
+	f := newFixture(b)
+	ctx := peerCtx(testPID, testStart)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := f.b.GetToken(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := f.b.GetToken(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+// retryDelayOf returns the RetryInfo delay of a status error, or 0.
+func retryDelayOf(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
+}
