@@ -15,12 +15,16 @@ import (
 	"time"
 
 	"github.com/agentidd/agentidd/client"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
 func main() {
 	agent := flag.String("agent", "demo-agent", "agent name in the agentidd config")
 	scope := flag.String("scope", "api://files.contoso.example/Files.Read", "scope to ask for")
 	wait := flag.Duration("consent-wait", 2*time.Minute, "how long to wait for the user's consent")
+	task := flag.String("task", "", "bind the consent to this task id: the grant ends at EndTask or when this process exits")
+	parentAgent := flag.String("parent-agent", "", "the agent that delegated this work (with -parent-grant)")
+	parentGrant := flag.String("parent-grant", "", "the delegating agent's grant id (with -parent-agent)")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *wait+30*time.Second)
@@ -30,9 +34,14 @@ func main() {
 		fail(err)
 	}
 	defer conn.Close()
-	tok, err := conn.Token(ctx, *agent, []string{*scope},
-		client.WithConsentWait(*wait),
-		client.WithJustification("summarise the files you shared with me this week"))
+	opts := []client.Option{client.WithConsentWait(*wait), client.WithJustification("summarise the files you shared with me this week")}
+	if *task != "" {
+		opts = append(opts, client.WithTask(*task))
+	}
+	if *parentAgent != "" || *parentGrant != "" {
+		opts = append(opts, func(r *agentidv1.GetTokenRequest) { r.ParentAgent, r.ParentGrantId = *parentAgent, *parentGrant })
+	}
+	tok, err := conn.Token(ctx, *agent, []string{*scope}, opts...)
 	if err != nil {
 		fail(err)
 	}
