@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +28,36 @@ func (l *latencies) add(d []time.Duration) {
 	l.mu.Lock()
 	l.all = append(l.all, d...)
 	l.mu.Unlock()
+}
+
+// processCPU is the user+system CPU time a process has used so far, from /proc/<pid>/stat.
+func processCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based), in clock ticks.
+	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond
+}
+
+// processRSS is the resident set size of a process, from /proc/<pid>/status.
+func processRSS(b *testing.B, pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
 }
 
 func (l *latencies) report(b *testing.B, elapsed time.Duration) {
@@ -66,6 +99,7 @@ func BenchmarkSocket(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/clients=%d", name, clients), func(b *testing.B) {
 				var lat latencies
 				var wg sync.WaitGroup
+				cpu0 := processCPU(b, e.daemon.Process.Pid)
 				per := b.N/clients + 1
 				b.ResetTimer()
 				start := time.Now()
@@ -89,6 +123,7 @@ func BenchmarkSocket(b *testing.B) {
 				elapsed := time.Since(start)
 				b.StopTimer()
 				lat.report(b, elapsed)
+				b.ReportMetric(float64((processCPU(b, e.daemon.Process.Pid)-cpu0).Microseconds())/float64(len(lat.all)), "server-cpu-µs/call")
 			})
 		}
 		ctx := context.Background()
@@ -104,4 +139,63 @@ func BenchmarkSocket(b *testing.B) {
 			return err
 		})
 	}
+}
+
+// BenchmarkMiss measures a token exchange the daemon cannot serve from its cache (force_refresh), against the emulator
+// answering at once and with 50 ms of injected latency per token request.
+func BenchmarkMiss(b *testing.B) {
+	e, req := benchEnv(b)
+	c := e.conn()
+	forced := &agentidv1.GetTokenRequest{Agent: req.Agent, Scopes: req.Scopes, ForceRefresh: true}
+	for _, latency := range []int{0, 50} {
+		b.Run(fmt.Sprintf("idp-latency=%dms", latency), func(b *testing.B) {
+			e.emu.ClearFaults()
+			if latency > 0 {
+				if err := e.emu.InjectFault(emutest.Fault{Endpoint: "token", Kind: "latency", LatencyMS: latency}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var lat latencies
+			local := make([]time.Duration, 0, b.N)
+			start := time.Now()
+			for b.Loop() {
+				t0 := time.Now()
+				if _, err := c.Agent.GetToken(context.Background(), forced); err != nil {
+					b.Fatal(err)
+				}
+				local = append(local, time.Since(t0))
+			}
+			lat.add(local)
+			lat.report(b, time.Since(start))
+		})
+	}
+	e.emu.ClearFaults()
+}
+
+// BenchmarkDaemonMemory fills the serving cache with 10,000 distinct tokens (distinct claims challenges make distinct
+// keys) and reports the daemon's resident memory.
+func BenchmarkDaemonMemory(b *testing.B) {
+	e, req := benchEnv(b)
+	const tokens = 10_000
+	const workers = 16
+	for b.Loop() {
+		var wg sync.WaitGroup
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				c := e.conn()
+				for i := w; i < tokens; i += workers {
+					r := &agentidv1.GetTokenRequest{Agent: req.Agent, Scopes: req.Scopes,
+						Claims: fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, i)}
+					if _, err := c.Agent.GetToken(context.Background(), r); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+	}
+	b.ReportMetric(float64(processRSS(b, e.daemon.Process.Pid))/(1<<20), "daemon-RSS-MiB")
 }
