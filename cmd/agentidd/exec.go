@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/agentidd/agentidd/client"
+	"github.com/agentidd/agentidd/internal/execenv"
+	"github.com/agentidd/agentidd/ipc"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+// execCmd runs a command as an agent: its process tree is attested through a launch registered with the daemon, and
+// it gets the managed-identity endpoint unmodified Azure SDKs use (docs/exec.md).
+func execCmd(g *globals) *cobra.Command {
+	var agent string
+	var scopes []string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "exec --agent NAME [--scope SCOPE]... -- COMMAND [ARG]...",
+		Short: "Run a command as an agent: its process tree gets the agent's tokens, also through the Azure managed-identity protocol",
+		Long: `Starts COMMAND with AGENTIDD_SOCKET, IDENTITY_ENDPOINT and IDENTITY_HEADER set and registers its process tree
+with the daemon as agent NAME. agentidd clients in the tree are attested through the launch; unmodified Azure SDKs
+(ManagedIdentityCredential, DefaultAzureCredential) get the agent's on-behalf-of token from the endpoint. A managed-
+identity request for resource R asks for R/.default (every scope the agent is consented for) unless --scope is given.
+Signals are forwarded to COMMAND; agentidd exec exits with its exit code.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			code, err := runExec(cmd.Context(), g, agent, scopes, wait, args)
+			if err != nil {
+				return err
+			}
+			os.Exit(code)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&agent, "agent", "", "agent name from the config (required)")
+	cmd.Flags().StringArrayVar(&scopes, "scope", nil, "delegated scope the managed-identity endpoint asks for instead of <resource>/.default (repeatable)")
+	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long a managed-identity request waits for the user's consent")
+	_ = cmd.MarkFlagRequired("agent")
+	return cmd
+}
+
+// forwarded are the signals passed on to the command. On Windows only os.Interrupt is delivered here, and passing it
+// on fails (the console already sent it to the child), which is harmless.
+var forwarded = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+func runExec(ctx context.Context, g *globals, agent string, scopes []string, wait time.Duration, args []string) (int, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	endpoint := g.endpoint()
+	if endpoint == "" {
+		var err error
+		if endpoint, err = client.Endpoint(); err != nil {
+			return 0, err
+		}
+	}
+	conn, err := client.Dial(endpoint)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("agentidd", "exec")
+	var launchID string // written before Bind; the endpoint reads it only after Bind
+	mi, err := execenv.Start(execenv.Options{
+		Agent: agent, Scopes: scopes, ConsentWait: wait, Log: log,
+		Token: func(ctx context.Context, pid int, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+			return conn.Admin.LaunchToken(ctx, &agentidv1.LaunchTokenRequest{LaunchId: launchID, CallerPid: int32(pid), Request: req})
+		},
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer mi.Close()
+
+	child := exec.Command(args[0], args[1:]...)
+	child.Env = append(childEnv(os.Environ()), ipc.EnvSocket+"="+endpoint)
+	child.Env = append(child.Env, mi.Env()...)
+	child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
+	// The command starts before it is registered: no OS lets us start a process suspended portably. In that window its
+	// socket calls are refused as NOT_ATTESTED and its managed-identity requests wait for Bind.
+	if err := child.Start(); err != nil {
+		return 0, fmt.Errorf("starting %s: %w", args[0], err)
+	}
+	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	reg, err := conn.Admin.RegisterLaunch(regCtx, &agentidv1.RegisterLaunchRequest{Agent: agent, RootPid: int32(child.Process.Pid)})
+	cancel()
+	if err != nil {
+		_ = child.Process.Kill()
+		_ = child.Wait()
+		return 0, fmt.Errorf("registering %s with agentidd as agent %s: %w", args[0], agent, describe(err))
+	}
+	launchID = reg.GetLaunchId()
+	mi.Bind(child.Process.Pid)
+
+	done := make(chan error, 1)
+	go func() { done <- child.Wait() }()
+loop:
+	for {
+		select {
+		case s := <-sigs:
+			_ = child.Process.Signal(s)
+		case <-done:
+			break loop
+		}
+	}
+
+	// The tree's credentials end with the command: close the endpoint, then tell the daemon (which would also notice
+	// on its own, within half a second, that the root exited).
+	_ = mi.Close()
+	endCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, endErr := conn.Admin.EndLaunch(endCtx, &agentidv1.EndLaunchRequest{LaunchId: launchID})
+	cancel()
+	if endErr != nil {
+		log.Warn("could not end the launch; the daemon ends it when it sees the command exited", "err", describe(endErr))
+	}
+	return exitCode(child.ProcessState), nil
+}
+
+// childEnv drops variables that would point SDKs at another identity endpoint than ours.
+func childEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(name) {
+		case ipc.EnvSocket, execenv.EnvEndpoint, execenv.EnvHeader, "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// exitCode is the command's exit status; a command killed by a signal gives 128+signal, as shells report it.
+func exitCode(ps *os.ProcessState) int {
+	if ps == nil {
+		return 1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	if c := ps.ExitCode(); c >= 0 {
+		return c
+	}
+	return 1
+}
