@@ -105,6 +105,8 @@ type Record struct {
 	Scopes    []string  `json:"scopes,omitempty"`
 	GrantID   string    `json:"grant_id,omitempty"`
 	RequestID string    `json:"request_id,omitempty"`
+	TaskID    string    `json:"task_id,omitempty"`
+	RunID     string    `json:"run_id,omitempty"`
 	Peer      Peer      `json:"peer,omitzero"`
 	Token     TokenRef  `json:"token,omitzero"`
 	Prev      string    `json:"prev"`
@@ -141,6 +143,8 @@ func appendRecord(b []byte, r *Record, prev []byte) []byte {
 	b = appendList(b, "scopes", r.Scopes)
 	b = appendField(b, "grant_id", r.GrantID, false)
 	b = appendField(b, "request_id", r.RequestID, false)
+	b = appendField(b, "task_id", r.TaskID, false)
+	b = appendField(b, "run_id", r.RunID, false)
 	if r.Peer != (Peer{}) {
 		b = append(b, `,"peer":{`...)
 		first := true

@@ -369,7 +369,7 @@ func (b *Broker) auditDenied(c *call, err error) {
 
 func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token) audit.Record {
 	r := audit.Record{Event: event, Outcome: outcome, Reason: reason, Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes,
-		GrantID: c.grant.ID, Chain: c.grant.Chain}
+		GrantID: c.grant.ID, Chain: c.grant.Chain, TaskID: c.req.taskID, RunID: c.req.runID}
 	if c.user != nil {
 		r.User = audit.User{OID: c.user.OID, UPN: c.user.UPN}
 	}
