@@ -1,0 +1,65 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"golang.org/x/oauth2"
+)
+
+// tokenTimeout bounds one daemon call made through an adapter whose interface carries no context (oauth2).
+const tokenTimeout = 30 * time.Second
+
+// TokenSource returns an oauth2.TokenSource of agent's tokens for scopes, for libraries built on golang.org/x/oauth2.
+// Wrap it in oauth2.ReuseTokenSource only if you must: the daemon already caches and refreshes, so every Token call is
+// cheap and always returns a token with the daemon's minimum lifetime left.
+func (c *Conn) TokenSource(agent string, scopes []string, opts ...Option) oauth2.TokenSource {
+	return &tokenSource{c: c, agent: agent, scopes: append([]string(nil), scopes...), opts: opts}
+}
+
+type tokenSource struct {
+	c      *Conn
+	agent  string
+	scopes []string
+	opts   []Option
+}
+
+func (s *tokenSource) Token() (*oauth2.Token, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), tokenTimeout)
+	defer cancel()
+	t, err := s.c.Token(ctx, s.agent, s.scopes, s.opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: "Bearer", Expiry: t.ExpiresAt}, nil
+}
+
+// Credential returns an azcore.TokenCredential of agent's tokens, for Azure SDK clients. The SDK names the scopes per
+// call; a claims challenge it passes (continuous access evaluation) is forwarded to the daemon.
+func (c *Conn) Credential(agent string, opts ...Option) azcore.TokenCredential {
+	return &credential{c: c, agent: agent, opts: opts}
+}
+
+type credential struct {
+	c     *Conn
+	agent string
+	opts  []Option
+}
+
+func (cr *credential) GetToken(ctx context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	if len(o.Scopes) == 0 {
+		return azcore.AccessToken{}, errors.New("agentidd: GetToken needs at least one scope")
+	}
+	opts := cr.opts
+	if o.Claims != "" {
+		opts = append(append([]Option(nil), opts...), WithClaims(o.Claims))
+	}
+	t, err := cr.c.Token(ctx, cr.agent, o.Scopes, opts...)
+	if err != nil {
+		return azcore.AccessToken{}, err
+	}
+	return azcore.AccessToken{Token: t.AccessToken, ExpiresOn: t.ExpiresAt}, nil
+}
