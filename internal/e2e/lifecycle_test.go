@@ -531,3 +531,76 @@ func TestLifecycleIdPRevocationPurges(t *testing.T) {
 		t.Errorf("after signing in again: %v", err)
 	}
 }
+
+// TestLifecycleRefreshStorm: tokens fetched together are refreshed ahead spread over the jitter window, never as a
+// storm at the IdP. MSAL Go refuses OBO results with under 5 minutes left (docs/emulator.md), so the shortest usable
+// lifetime is 6 minutes and this test waits about 5 minutes: it runs only with AGENTIDD_E2E_STORM=1. The 5,000-token
+// version runs at the cache level on a fake clock (internal/cache TestRefreshSpreadAndConcurrencyCap).
+func TestLifecycleRefreshStorm(t *testing.T) {
+	if os.Getenv("AGENTIDD_E2E_STORM") == "" {
+		t.Skip("takes about 5 minutes: set AGENTIDD_E2E_STORM=1")
+	}
+	const lifetime = 6 * time.Minute
+	const n = 200
+	e := lifecycleEnv(t, lifetime)
+	c := lifecycleReady(t, e)
+	// n distinct scope subsets: n cache keys under one grant.
+	var sets [][]string
+	for mask := 1; len(sets) < n; mask++ {
+		var s []string
+		for i, scope := range lifecycleScopes {
+			if mask&(1<<i) != 0 {
+				s = append(s, scope)
+			}
+		}
+		if len(s) != len(lifecycleScopes) {
+			sets = append(sets, s)
+		}
+	}
+	issued := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, s := range sets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := c.Token(context.Background(), testAgent, s); err != nil {
+				t.Errorf("token %v: %v", s, err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d tokens issued in %v", n, time.Since(issued))
+	e.emu.ResetCounters()
+	// Refresh ahead at 75% of the lifetime ±10% of that: [4m3s, 4m57s] after issue.
+	var times []time.Time
+	last := 0
+	deadline := issued.Add(lifetime - 30*time.Second)
+	for time.Now().Before(deadline) && last < n {
+		time.Sleep(time.Second)
+		got := lifecycleOBOs(t, e)
+		for range got - last {
+			times = append(times, time.Now())
+		}
+		last = got
+	}
+	cn := e.counters()
+	t.Logf("%d refreshes from %v to %v after issue; token endpoint max %d requests/s, by grant %v", len(times),
+		times[0].Sub(issued).Round(time.Second), times[len(times)-1].Sub(issued).Round(time.Second), cn.MaxPerSecond, cn.ByGrantType)
+	if len(times) < n {
+		t.Fatalf("%d of %d tokens refreshed ahead of expiry", len(times), n)
+	}
+	if spread := times[len(times)-1].Sub(times[0]); spread < 30*time.Second {
+		t.Errorf("refreshes spread over %v, want most of the 54 s jitter window", spread)
+	}
+	if cn.MaxPerSecond > 60 {
+		t.Errorf("token endpoint peaked at %d requests/s: a refresh storm", cn.MaxPerSecond)
+	}
+	// Every token is still served, from the cache.
+	for _, s := range sets[:10] {
+		if tok, err := c.Token(context.Background(), testAgent, s); err != nil || !tok.FromCache {
+			t.Errorf("after the refreshes %v: %v", s, err)
+		}
+	}
+}
