@@ -233,7 +233,7 @@ func (e *DeniedError) Error() string {
 		return "consent not given: " + e.Reason
 	}
 	if e.Remembered {
-		return fmt.Sprintf("consent denied by the user (request %s); not asking again until %s, or run `agentidd consent reset-denies`",
+		return fmt.Sprintf("consent denied by the user (request %s); not asking again until %s, or run `agentidd consent reset`",
 			e.RequestID, e.Until.UTC().Format(time.RFC3339))
 	}
 	return fmt.Sprintf("consent not given (request %s): %s", e.RequestID, e.Reason)
