@@ -331,3 +331,50 @@ func TestExecGrpcurl(t *testing.T) {
 		t.Fatalf("reflection without the guard header: %v\n%s; want refused naming the header", err, out)
 	}
 }
+
+// execNodeModules installs clients/node's dependencies (the npm client and registry are reachable in CI) once.
+func execNodeModules(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node is not installed: the Node client and @azure/identity tests need it")
+	}
+	dir, _ := filepath.Abs(filepath.Join("..", "..", "clients", "node"))
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", "identity")); err != nil {
+		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+		}
+	}
+	return dir
+}
+
+// TestExecNode: the unmodified npm @azure/identity ManagedIdentityCredential inside agentidd exec gets the agent's
+// token, and so does the Node client over the socket (the node process is bound through the launch).
+func TestExecNode(t *testing.T) {
+	dir := execNodeModules(t)
+	e := newEnv(t, envOptions{})
+	e.login()
+	run := func(approve bool, extraEnv []string, args ...string) execProbeResult {
+		t.Helper()
+		cmd := execCommand(e, append([]string{"node"}, args...)...)
+		cmd.Dir = dir
+		cmd.Env = append(cmd.Env, extraEnv...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if approve {
+			e.approvePending("1h")
+		}
+		err := cmd.Wait()
+		var r execProbeResult
+		if jerr := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &r); jerr != nil || err != nil {
+			t.Fatalf("node %v: %v; stdout %q stderr %q\ndaemon log:\n%s", args, err, stdout.String(), stderr.String(), e.log.String())
+		}
+		return r
+	}
+	execCheckClaims(t, e, run(true, nil, "test/msi.js", execScope))
+	execCheckClaims(t, e, run(false, []string{"AGENTIDD_TEST_AGENT=" + testAgent, "AGENTIDD_TEST_SCOPE=" + execScope}, "test/token.test.js"))
+}
