@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/internal/store"
@@ -253,102 +251,6 @@ func auditCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	return cmd
-}
-
-// readSecret reads a secret from a terminal without echo, or from stdin when it is not a terminal. Never from argv:
-// argv is visible to every process of every user through /proc.
-func readSecret(cmd *cobra.Command) ([]byte, error) {
-	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		fmt.Fprint(cmd.ErrOrStderr(), "secret (not echoed): ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(cmd.ErrOrStderr())
-		if err != nil {
-			return nil, err
-		}
-		return b, nil
-	}
-	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 64<<10))
-	if err != nil {
-		return nil, err
-	}
-	return []byte(strings.TrimRight(string(b), "\r\n")), nil
-}
-
-func secretCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "secret", Short: "Store agent credentials in the OS secret store"}
-	var blueprint, agent string
-	item := func() (string, error) {
-		switch {
-		case blueprint != "" && agent == "":
-			return platform.BlueprintItem(blueprint), nil
-		case agent != "" && blueprint == "":
-			return platform.AgentItem(agent), nil
-		}
-		return "", errors.New("name exactly one of --blueprint APPID or --agent APPID")
-	}
-	open := func() (platform.SecretStore, error) {
-		cfg, err := g.config()
-		if err != nil {
-			return nil, err
-		}
-		s, err := platform.OpenSecretStore(cfg.SecretStore, cfg.StateDir)
-		if err != nil {
-			return nil, err
-		}
-		return s, platform.ProbeSecretStore(s)
-	}
-	set := &cobra.Command{
-		Use:   "set",
-		Short: "Store a client secret read from stdin or a no-echo prompt",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, err := item()
-			if err != nil {
-				return err
-			}
-			s, err := open()
-			if err != nil {
-				return err
-			}
-			secret, err := readSecret(cmd)
-			if err != nil {
-				return err
-			}
-			if len(secret) == 0 {
-				return errors.New("empty secret: nothing stored")
-			}
-			if err := s.Set(name, secret); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "stored %s in %s\n", name, s.Describe())
-			return nil
-		},
-	}
-	rm := &cobra.Command{
-		Use:  "rm",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, err := item()
-			if err != nil {
-				return err
-			}
-			s, err := open()
-			if err != nil {
-				return err
-			}
-			if err := s.Delete(name); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", name)
-			return nil
-		},
-	}
-	for _, c := range []*cobra.Command{set, rm} {
-		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id")
-		c.Flags().StringVar(&agent, "agent", "", "agent identity app id")
-	}
-	cmd.AddCommand(set, rm)
 	return cmd
 }
 

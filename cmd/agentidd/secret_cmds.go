@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/agentidd/agentidd/internal/daemon"
+	"github.com/agentidd/agentidd/platform"
+)
+
+// readSecret reads a secret from a terminal without echo, or from stdin when it is not a terminal. Never from argv:
+// argv is visible to every process of every user through /proc.
+func readSecret(cmd *cobra.Command) ([]byte, error) {
+	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(cmd.ErrOrStderr(), "secret (not echoed): ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(cmd.ErrOrStderr())
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 64<<10))
+	if err != nil {
+		return nil, err
+	}
+	return []byte(strings.TrimRight(string(b), "\r\n")), nil
+}
+
+// maxCertFile bounds a certificate credential: a chain and a 4096-bit key are a few KiB.
+const maxCertFile = 64 << 10
+
+// readCertCredential reads a PEM file holding a certificate and its RSA private key (PKCS#1 or PKCS#8) and returns
+// just those two blocks, re-encoded, so nothing else from the file (comments, other keys) reaches the secret store.
+// Errors never quote the file's content.
+func readCertCredential(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxCertFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxCertFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes: not a certificate credential", path, maxCertFile)
+	}
+	var certs []*pem.Block
+	var key *pem.Block
+	var pub *rsa.PublicKey
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		switch b.Type {
+		case "CERTIFICATE":
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: a CERTIFICATE block does not parse: %w", path, err)
+			}
+			if len(certs) == 0 {
+				p, ok := c.PublicKey.(*rsa.PublicKey)
+				if !ok {
+					return nil, fmt.Errorf("%s: the first certificate's key is not RSA (Entra client assertions here are RS256)", path)
+				}
+				pub = p
+			}
+			certs = append(certs, &pem.Block{Type: b.Type, Bytes: b.Bytes})
+		case "RSA PRIVATE KEY", "PRIVATE KEY":
+			if key != nil {
+				return nil, fmt.Errorf("%s holds more than one private key", path)
+			}
+			if strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED") { // legacy RFC 1423 encryption
+				return nil, fmt.Errorf("%s: the private key is encrypted; store an unencrypted key (the secret store protects it)", path)
+			}
+			key = b
+		case "ENCRYPTED PRIVATE KEY":
+			return nil, fmt.Errorf("%s: the private key is encrypted; store an unencrypted key (the secret store protects it)", path)
+		}
+	}
+	if len(certs) == 0 || key == nil {
+		return nil, fmt.Errorf("%s must hold a PEM CERTIFICATE and its RSA PRIVATE KEY", path)
+	}
+	var priv *rsa.PrivateKey
+	if key.Type == "RSA PRIVATE KEY" {
+		priv, err = x509.ParsePKCS1PrivateKey(key.Bytes)
+	} else {
+		var k any
+		k, err = x509.ParsePKCS8PrivateKey(key.Bytes)
+		if err == nil {
+			var ok bool
+			if priv, ok = k.(*rsa.PrivateKey); !ok {
+				err = errors.New("not an RSA key")
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: the private key does not parse: %w", path, err)
+	}
+	if !priv.PublicKey.Equal(pub) {
+		return nil, fmt.Errorf("%s: the private key does not belong to the (first) certificate", path)
+	}
+	var out bytes.Buffer
+	for _, c := range certs {
+		_ = pem.Encode(&out, c)
+	}
+	_ = pem.Encode(&out, &pem.Block{Type: key.Type, Bytes: key.Bytes})
+	return out.Bytes(), nil
+}
+
+// rotate stores secret under name, keeping a different current value under name.previous until the daemon has used the
+// new one successfully (it deletes .previous then). The old value is written first: a crash in between leaves the old
+// secret in force, never neither.
+func rotate(s platform.SecretStore, name string, secret []byte) (kept bool, err error) {
+	old, err := s.Get(name)
+	switch {
+	case errors.Is(err, platform.ErrSecretNotFound):
+		old = nil
+	case err != nil:
+		return false, err
+	}
+	if old != nil && !bytes.Equal(old, secret) {
+		if err := s.Set(name+daemon.PreviousSecretSuffix, old); err != nil {
+			return false, fmt.Errorf("keeping the previous secret: %w", err)
+		}
+		kept = true
+	}
+	if err := s.Set(name, secret); err != nil {
+		return kept, err
+	}
+	return kept, nil
+}
+
+func secretCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "secret", Short: "Store agent credentials in the OS secret store"}
+	var blueprint, agent, certFile string
+	item := func() (string, error) {
+		switch {
+		case blueprint != "" && agent == "":
+			return platform.BlueprintItem(blueprint), nil
+		case agent != "" && blueprint == "":
+			return platform.AgentItem(agent), nil
+		}
+		return "", errors.New("name exactly one of --blueprint APPID or --agent APPID")
+	}
+	open := func() (platform.SecretStore, error) {
+		cfg, err := g.config()
+		if err != nil {
+			return nil, err
+		}
+		s, err := platform.OpenSecretStore(cfg.SecretStore, cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		return s, platform.ProbeSecretStore(s)
+	}
+	set := &cobra.Command{
+		Use:   "set",
+		Short: "Store a client secret read from stdin or a no-echo prompt, or a certificate with --cert FILE.pem",
+		Long: "Store a credential. A client secret is read from stdin or a no-echo prompt, never from the command line.\n" +
+			"With --cert, a PEM file holding the certificate and its unencrypted RSA private key is imported into the store\n" +
+			"(the file itself is left alone: delete it when you no longer need it).\n" +
+			"Replacing a credential keeps the old one as <item>.previous until the daemon has used the new one successfully.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, err := item()
+			if err != nil {
+				return err
+			}
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			var secret []byte
+			if certFile != "" {
+				secret, err = readCertCredential(certFile)
+			} else {
+				secret, err = readSecret(cmd)
+			}
+			if err != nil {
+				return err
+			}
+			if len(secret) == 0 {
+				return errors.New("empty secret: nothing stored")
+			}
+			kept, err := rotate(s, name, secret)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "stored %s in %s\n", name, s.Describe())
+			if kept {
+				fmt.Fprintf(cmd.OutOrStdout(), "the old credential is kept as %s%s until the daemon has used the new one\n", name, daemon.PreviousSecretSuffix)
+			}
+			return nil
+		},
+	}
+	set.Flags().StringVar(&certFile, "cert", "", "PEM file with the certificate and its RSA private key")
+	rm := &cobra.Command{
+		Use:   "rm",
+		Short: "Remove a credential (and a kept previous one)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			name, err := item()
+			if err != nil {
+				return err
+			}
+			s, err := open()
+			if err != nil {
+				return err
+			}
+			for _, n := range []string{name, name + daemon.PreviousSecretSuffix} {
+				if err := s.Delete(n); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", name)
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{set, rm} {
+		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id")
+		c.Flags().StringVar(&agent, "agent", "", "agent identity app id")
+	}
+	cmd.AddCommand(set, rm)
+	return cmd
+}
