@@ -295,7 +295,7 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			if err := s.Set(platform.DataKeyItem, key); err != nil {
 				t.Fatal(err)
 			}
-		}, "data key"},
+		}, "cannot be decrypted"},
 		{"truncated", func(t *testing.T, _ *env, db string) {
 			fi, err := os.Stat(db)
 			if err != nil {
@@ -304,7 +304,7 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			if err := os.Truncate(db, fi.Size()/3); err != nil {
 				t.Fatal(err)
 			}
-		}, "unreadable"},
+		}, "truncated"},
 		{"bit flip in every page", func(t *testing.T, _ *env, db string) {
 			b, err := os.ReadFile(db)
 			if err != nil {
@@ -317,7 +317,7 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			if err := os.WriteFile(db, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, "unreadable"},
+		}, "fails authentication"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
