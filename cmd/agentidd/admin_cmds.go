@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentidd/agentidd/internal/daemon"
 	"github.com/agentidd/agentidd/internal/store"
 	"github.com/agentidd/agentidd/platform"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
@@ -282,6 +283,9 @@ func resetCmd(g *globals) *cobra.Command {
 				return errors.New("the daemon is running: stop it first")
 			}
 			if err != nil {
+				return err
+			}
+			if err := daemon.ClearRefusal(cfg.StateDir); err != nil {
 				return err
 			}
 			if movedTo != "" {

@@ -37,7 +37,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "", "config file (default $AGENTIDD_CONFIG or the user config dir)")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "daemon endpoint (default $AGENTIDD_SOCKET, the config's socket, or the per-user default)")
-	root.AddCommand(runCmd(g), loginCmd(g), logoutCmd(g), statusCmd(g), tokenCmd(g), grantsCmd(g), consentCmd(g), auditCmd(g), secretCmd(g), resetCmd(g), serviceCmd(g))
+	root.AddCommand(runCmd(g), loginCmd(g), logoutCmd(g), statusCmd(g), tokenCmd(g), grantsCmd(g), consentCmd(g), auditCmd(g), secretCmd(g), resetCmd(g), serviceCmd(g), execCmd(g))
 	return root
 }
 
@@ -70,6 +70,7 @@ func (g *globals) dial() (*client.Conn, error) { return client.Dial(g.endpoint()
 
 func runCmd(g *globals) *cobra.Command {
 	var logLevel string
+	var freshOnCorrupt bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon in the foreground (the service manager runs this)",
@@ -92,7 +93,9 @@ func runCmd(g *globals) *cobra.Command {
 			if g.socket != "" {
 				os.Setenv("AGENTIDD_SOCKET", g.socket)
 			}
-			run := func(ctx context.Context) error { return daemon.Run(ctx, daemon.Options{ConfigPath: path, Log: log}) }
+			run := func(ctx context.Context) error {
+				return daemon.Run(ctx, daemon.Options{ConfigPath: path, Log: log, FreshOnCorrupt: freshOnCorrupt})
+			}
 			// Under the Windows service manager the daemon must report its state; elsewhere this does nothing.
 			if handled, err := servicecfg.RunManaged(run); handled {
 				return err
@@ -101,6 +104,7 @@ func runCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().BoolVar(&freshOnCorrupt, "fresh-on-corrupt", false, "if the state file cannot be read, keep it aside and start with empty state (otherwise the daemon refuses to serve until `agentidd reset`)")
 	return cmd
 }
 

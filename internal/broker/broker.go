@@ -235,8 +235,8 @@ func (b *Broker) consentRequest(c *call) consent.Request {
 		UserOID: c.user.OID, UserUPN: c.user.UPN,
 		AgentName: c.agent.Name, AgentAppID: c.agent.AppID, AgentDisplayName: c.agent.DisplayName,
 		Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes, TaskID: c.req.taskID,
-		Justification: c.req.justification, Chain: chain,
-		Process: consent.Process{PID: c.proc.PID, PPID: c.proc.PPID, ExePath: c.proc.ExePath, SHA256Prefix: prefix(c.via.SHA256)},
+		Justification: c.req.justification, Chain: chain, ParentGrantID: c.req.parentGrantID,
+		Process: consent.Process{PID: c.proc.PID, PPID: c.proc.PPID, ExePath: c.proc.ExePath, SHA256Prefix: prefix(c.via.SHA256), StartTime: c.proc.StartTime},
 	}
 }
 
@@ -244,6 +244,8 @@ func consentError(err error) error {
 	var pending *consent.PendingError
 	var denied *consent.DeniedError
 	switch {
+	case errors.Is(err, consent.ErrParentGrant):
+		return rpcError(codes.PermissionDenied, ReasonConsentDenied, "delegation refused: "+err.Error(), 0, nil)
 	case errors.As(err, &pending):
 		return rpcError(codes.FailedPrecondition, ReasonConsentPending,
 			"waiting for the user to approve this agent: run `agentidd consent watch` or answer the prompt",
@@ -256,8 +258,17 @@ func consentError(err error) error {
 	return rpcError(codes.Internal, ReasonInternal, "consent check failed", 0, nil)
 }
 
+// ErrGrantGone: the grant that authorized a fetch was revoked before the token was ready.
+var ErrGrantGone = errors.New("the grant covering this token was revoked")
+
 // fetchError maps a cache/IdP failure; a transient one carries the cache's retry time.
 func (b *Broker) fetchError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, ErrGrantGone), errors.Is(err, cache.ErrPurged):
+		return rpcError(codes.Aborted, ReasonGrantRevoked, "the grant was revoked while the token was being fetched; ask again (the user may be prompted)", 0, nil)
+	case errors.Is(err, cache.ErrTooShort):
+		return rpcError(codes.OutOfRange, ReasonMinTTLUnsatisfiable, "the identity provider issues tokens shorter than the requested min_ttl", 0, nil)
+	}
 	if ctx.Err() != nil {
 		return rpcError(codes.DeadlineExceeded, ReasonIdPUnreachable, "the caller's deadline passed before the identity provider answered", 0, nil)
 	}
@@ -273,8 +284,9 @@ func (b *Broker) fetchError(ctx context.Context, err error) error {
 func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	v, ok := b.keyInfo.Load(k.ID())
 	if !ok {
-		// A key we never authorized (e.g. restored from disk after the grant went away): refuse rather than mint.
-		return cache.Token{}, &entra.Error{Class: entra.ClassPermanent, Subject: entra.SubjectConsent, Summary: "no grant covers this token any more"}
+		// A key with no live grant (revoked while this fetch was queued, or restored after the grant went away): refuse
+		// rather than mint.
+		return cache.Token{}, ErrGrantGone
 	}
 	info := v.(keyInfo)
 	var res entra.Result

@@ -76,6 +76,7 @@ type admin struct {
 
 func (a *admin) Status(ctx context.Context, _ *agentidv1.StatusRequest) (*agentidv1.StatusResponse, error) {
 	d := a.d
+	d.sec.pokeProbe()
 	st := d.cache.Stats()
 	out := &agentidv1.StatusResponse{
 		Version: Version, Pid: int32(osPID()), Endpoint: d.endpoint, Online: st.Online, LastIdpErrorClass: st.LastErrorClass,

@@ -45,6 +45,8 @@ const maxRequestBytes = 64 << 10
 type Options struct {
 	ConfigPath string
 	Log        *slog.Logger
+	// FreshOnCorrupt starts with empty state when the state file cannot be read (agentidd run --fresh-on-corrupt).
+	FreshOnCorrupt bool
 }
 
 // Daemon is one running agentidd.
@@ -66,10 +68,15 @@ type Daemon struct {
 	selfHash string
 	inspect  platform.ProcessInspector
 	started  time.Time
+	sec      *secretsRuntime
 }
 
 // Run starts the daemon and serves until ctx is cancelled. Cancellation is a clean shutdown, not an error.
 func Run(ctx context.Context, o Options) error {
+	return runRecovering(ctx, func(ctx context.Context) error { return run(ctx, o) })
+}
+
+func run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -93,10 +100,12 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("hashing own executable: %w", err)
 	}
 
-	if err := d.openState(); err != nil {
+	if err := d.openStateGuarded(o.FreshOnCorrupt); err != nil {
 		return err
 	}
 	defer d.closeState()
+	recovered := make(chan struct{})
+	d.sec = d.newSecretsRuntime(func() { close(recovered) })
 
 	httpClient, err := idpHTTPClient(cfg)
 	if err != nil {
@@ -105,7 +114,7 @@ func Run(ctx context.Context, o Options) error {
 	d.idp, err = entra.New(entra.Config{
 		Authority: cfg.Authority, ClientID: cfg.ClientID, BlueprintAppID: cfg.BlueprintAppID,
 		UserScopes: []string{cfg.UserScope}, HTTPClient: httpClient, DevAuthority: cfg.DevCAFile != "",
-		Blobs: d.blobs(), BlueprintSecret: d.blueprintSecret,
+		Blobs: d.blobs(), BlueprintSecret: d.sec.blueprintSecret,
 	})
 	if err != nil {
 		return err
@@ -125,7 +134,9 @@ func Run(ctx context.Context, o Options) error {
 
 	var b *broker.Broker
 	d.cache = cache.New(cache.Options{
-		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) },
+		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) {
+			return d.sec.fetch(ctx, func(ctx context.Context) (cache.Token, error) { return b.Fetch(ctx, k) })
+		},
 		OnStored: func(k cache.Key, t cache.Token) {
 			if d.store != nil {
 				d.tokens.saveIfCurrent(d.cache, k, t, b.ClaimsFor(k))
@@ -143,6 +154,7 @@ func Run(ctx context.Context, o Options) error {
 		DenyCooldown: cfg.DenyCooldown.Duration,
 		OnRevoke:     d.onGrantRevoked,
 		OnDecision:   d.onConsentDecision,
+		WatchExit:    d.taskExitWatcher(),
 		Log:          d.log,
 	})
 	if err != nil {
@@ -151,7 +163,7 @@ func Run(ctx context.Context, o Options) error {
 	b = broker.New(broker.Options{Config: cfg, IdP: d.idp, Cache: d.cache, Consent: d.consent, Audit: d.audit,
 		Attestor: attest.New(d.inspect), Inspector: d.inspect, Log: d.log})
 	d.broker = b
-	if why := d.degradedReason(); why != "" {
+	if why := d.secretsDegradedReason(); why != "" {
 		b.SetDegraded(why)
 	}
 	d.restoreTokens(b)
@@ -186,13 +198,17 @@ func Run(ctx context.Context, o Options) error {
 	go d.cache.Start(runCtx)
 	go d.consent.ExpireLoop(runCtx)
 	go d.watchConfig(runCtx)
+	go d.sec.watch(runCtx)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	d.log.Info("agentidd is serving", "endpoint", endpoint, "pid", os.Getpid(), "version", Version)
 
+	restart := false
 	select {
 	case <-ctx.Done():
+	case <-recovered:
+		restart = true
 	case err := <-serveErr:
 		if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serving: %w", err)
@@ -208,27 +224,9 @@ func Run(ctx context.Context, o Options) error {
 		srv.Stop() // watchers hold streams open forever; don't let them block shutdown
 	}
 	_ = ln.Close()
-	return nil
-}
-
-// openState opens the secret store and the encrypted state. A missing or locked secret store is not fatal: the daemon
-// starts degraded and says what to do, because crashing in a loop under a service manager helps nobody.
-func (d *Daemon) openState() error {
-	secrets, err := platform.OpenSecretStore(d.cfg.SecretStore, d.cfg.StateDir)
-	if err == nil {
-		err = platform.ProbeSecretStore(secrets)
+	if restart {
+		return errSecretStoreRecovered
 	}
-	if err != nil {
-		d.log.Error("secret store unavailable; starting degraded", "err", err)
-		return nil
-	}
-	d.secrets = secrets
-	st, err := store.Open(filepath.Join(d.cfg.StateDir, "state.db"), secrets, store.Options{})
-	if err != nil {
-		return fmt.Errorf("opening encrypted state: %w", err)
-	}
-	d.store = st
-	d.tokens = &tokenStore{st: st, log: d.log}
 	return nil
 }
 
@@ -267,20 +265,6 @@ func (d *Daemon) consentPersister() consent.Persister {
 		return nil
 	}
 	return consentPersist{st: d.store}
-}
-
-func (d *Daemon) blueprintSecret() (string, error) {
-	if d.secrets == nil {
-		return "", errors.New("secret store unavailable")
-	}
-	b, err := d.secrets.Get(platform.BlueprintItem(d.cfg.BlueprintAppID))
-	if errors.Is(err, platform.ErrSecretNotFound) {
-		return "", fmt.Errorf("no credential for blueprint %s: run `agentidd secret set --blueprint %s`", d.cfg.BlueprintAppID, d.cfg.BlueprintAppID)
-	}
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
 }
 
 // restoreTokens puts still-valid served tokens back into the cache, so they are served at once even with the IdP down.
@@ -353,6 +337,9 @@ func (d *Daemon) onPermanent(k cache.Key, err error) {
 }
 
 func classifyForCache(err error) cache.Class {
+	if errors.Is(err, broker.ErrGrantGone) {
+		return cache.Permanent // no grant: the key must go, whoever asked
+	}
 	switch entra.Classify(err).Class {
 	case entra.ClassTransient:
 		return cache.Transient

@@ -44,7 +44,8 @@ func binaries(t testing.TB) (agentidd, demoAgent string) {
 		}
 		// Readable and executable by other uids: the other-uid test runs the demo agent as nobody.
 		_ = os.Chmod(binDir, 0o755)
-		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/agentidd/agentidd/cmd/agentidd", "github.com/agentidd/agentidd/examples/demo-agent").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binDir+"/", "github.com/agentidd/agentidd/cmd/agentidd", "github.com/agentidd/agentidd/examples/demo-agent",
+			"github.com/agentidd/agentidd/internal/e2e/testdata/rawdial").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}

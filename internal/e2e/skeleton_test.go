@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,11 +150,11 @@ func TestSocketPermissionsAndOtherUID(t *testing.T) {
 	if err := os.Chmod(e.socket, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(e.demo, "-agent", "demo-agent", "-consent-wait", "0s")
-	cmd.Env = []string{"AGENTIDD_SOCKET=" + e.socket}
+	// rawdial skips the client library's own same-user check, so what answers is the daemon's uid check.
+	cmd := exec.Command(filepath.Join(filepath.Dir(e.demo), "rawdial"), e.socket, "demo-agent", emutest.ResourceScopeRead)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "PermissionDenied") {
+	if err != nil || strings.TrimSpace(string(out)) != "PermissionDenied" {
 		t.Fatalf("client as uid 65534: err=%v output=%s", err, out)
 	}
 }

@@ -190,9 +190,9 @@ func (c *Client) blueprintClient() (*confidential.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := confidential.NewCredFromSecret(secret)
+	cred, err := blueprintCredential(secret)
 	if err != nil {
-		return nil, fmt.Errorf("blueprint credential: %w", err)
+		return nil, err
 	}
 	opts := []confidential.Option{
 		confidential.WithHTTPClient(c.cfg.HTTPClient),
@@ -318,4 +318,25 @@ func (b *blobCache) Export(ctx context.Context, m cache.Marshaler, _ cache.Expor
 		return err
 	}
 	return b.store.SaveBlob(b.name, data)
+}
+
+// blueprintCredential is a client secret, or a certificate credential when the stored value is PEM (certificate and
+// unencrypted RSA key, as `agentidd secret set --cert` imports it). The error never quotes the value.
+func blueprintCredential(secret string) (confidential.Credential, error) {
+	if !strings.HasPrefix(strings.TrimSpace(secret), "-----BEGIN") {
+		cred, err := confidential.NewCredFromSecret(secret)
+		if err != nil {
+			return confidential.Credential{}, errors.New("blueprint credential: empty or invalid client secret")
+		}
+		return cred, nil
+	}
+	certs, key, err := confidential.CertFromPEM([]byte(secret), "")
+	if err != nil {
+		return confidential.Credential{}, errors.New("blueprint credential: the stored PEM has no usable certificate and key")
+	}
+	cred, err := confidential.NewCredFromCert(certs, key)
+	if err != nil {
+		return confidential.Credential{}, fmt.Errorf("blueprint certificate credential: %w", err)
+	}
+	return cred, nil
 }
