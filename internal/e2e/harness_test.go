@@ -88,6 +88,7 @@ type envOptions struct {
 	secretStore   string // "file" (default) or "os"
 	tokenLifetime time.Duration
 	extraConfig   string
+	directory     string // emulator directory file; "" = the embedded default
 }
 
 // env is one emulator + one daemon on temp paths.
@@ -120,7 +121,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	e := &env{t: t, agentidd: agentidd, demo: demo, dir: dir, opts: o,
 		config: filepath.Join(dir, "config.toml"), socket: filepath.Join(dir, "run", "agentidd.sock"), stateDir: filepath.Join(dir, "state")}
-	e.emu = emutest.Start(t, emutest.Options{TokenLifetime: o.tokenLifetime})
+	e.emu = emutest.Start(t, emutest.Options{TokenLifetime: o.tokenLifetime, DirectoryFile: o.directory})
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

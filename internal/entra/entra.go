@@ -199,7 +199,7 @@ func (c *Client) blueprintClient() (*confidential.Client, error) {
 		confidential.WithClientCapabilities([]string{"cp1"}),
 	}
 	if c.cfg.Blobs != nil {
-		opts = append(opts, confidential.WithCache(&blobCache{store: c.cfg.Blobs, name: "blueprint/" + c.cfg.BlueprintAppID}))
+		opts = append(opts, confidential.WithCache(&blobCache{store: c.cfg.Blobs, name: blueprintCacheName(c.cfg.BlueprintAppID)}))
 	}
 	if c.cfg.DevAuthority {
 		opts = append(opts, confidential.WithInstanceDiscovery(false))
@@ -212,12 +212,19 @@ func (c *Client) blueprintClient() (*confidential.Client, error) {
 	return c.blueprint, nil
 }
 
-// ResetCredentials drops the confidential clients so the next exchange reads the (rotated) secret again.
+// ResetCredentials drops the blueprint client and its cached exchange tokens, so the next exchange reads the (rotated)
+// credential again and really presents it: a cached exchange token would otherwise keep the old secret "working" until
+// it expires, and the old secret would be deleted without the new one ever having been tried.
 func (c *Client) ResetCredentials() {
 	c.blueprintMu.Lock()
+	defer c.blueprintMu.Unlock()
 	c.blueprint = nil
-	c.blueprintMu.Unlock()
+	if c.cfg.Blobs != nil {
+		_ = c.cfg.Blobs.SaveBlob(blueprintCacheName(c.cfg.BlueprintAppID), nil)
+	}
 }
+
+func blueprintCacheName(appID string) string { return "blueprint/" + appID }
 
 // exchangeToken is Agent ID step 1: the blueprint's token for api://AzureADTokenExchange with fmi_path = the agent
 // identity. MSAL caches it per fmi_path.
