@@ -136,7 +136,8 @@ func (b *Broker) GetToken(ctx context.Context, in *agentidv1.GetTokenRequest) (*
 
 // getToken serves a request for peer: the connection's own peer, or a process in an `agentidd exec` tree (LaunchToken).
 func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
-	c, err := b.authorize(ctx, peer, in)
+	c := &call{}
+	err := b.authorize(ctx, peer, in, c)
 	if err != nil {
 		b.auditDenied(c, err)
 		return nil, err
@@ -181,41 +182,41 @@ func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.
 }
 
 // authorize runs every check before the cache. On error the returned call holds what was learned, for the audit record.
-func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest) (*call, error) {
+// c is filled in by the caller's frame rather than allocated here: the fast path should not pay for a heap call record.
+func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest, c *call) error {
 	cfg := b.cfg.Load()
-	c := &call{}
 	if peer == nil {
-		return c, rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
+		return rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
 	}
 	c.peer = peer
 	req, err := parseRequest(in, cfg.MinTTL.Duration, cfg.ConsentWaitMax.Duration)
 	c.req = req
 	if err != nil {
-		return c, err
+		return err
 	}
 	agent, ok := cfg.Agent(req.agent)
 	if !ok {
-		return c, rpcError(codes.NotFound, ReasonUnknownAgent, "no agent named "+req.agent+" in the agentidd config", 0, nil)
+		return rpcError(codes.NotFound, ReasonUnknownAgent, "no agent named "+req.agent+" in the agentidd config", 0, nil)
 	}
 	c.agent = agent
 	proc, via, err := b.attest(peer, agent)
 	c.proc, c.via = proc, via
 	if err != nil {
-		return c, err
+		return err
 	}
 	if ok, retry := b.limits.allow(agent.Name); !ok {
-		return c, rpcError(codes.ResourceExhausted, ReasonRateLimited, "too many token requests from agent "+agent.Name, retry, nil)
+		return rpcError(codes.ResourceExhausted, ReasonRateLimited, "too many token requests from agent "+agent.Name, retry, nil)
 	}
 	if why := b.Degraded(); why != "" {
-		return c, rpcError(codes.FailedPrecondition, ReasonSecretStore, why, 0, nil)
+		return rpcError(codes.FailedPrecondition, ReasonSecretStore, why, 0, nil)
 	}
 	c.user = b.idp.Account()
 	if c.user == nil {
-		return c, rpcError(codes.Unauthenticated, ReasonSigninRequired, "no user is signed in to agentidd: run `agentidd login`", 0, nil)
+		return rpcError(codes.Unauthenticated, ReasonSigninRequired, "no user is signed in to agentidd: run `agentidd login`", 0, nil)
 	}
 	grant, err := b.consent.Check(ctx, b.consentRequest(c), req.consentWait)
 	if err != nil {
-		return c, consentError(err)
+		return consentError(err)
 	}
 	c.grant = grant
 	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
@@ -223,7 +224,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	if v, ok := b.keyInfo.Load(id); !ok || v.(keyInfo).grantID != grant.ID {
 		b.keyInfo.Store(id, keyInfo{claims: req.claims, grantID: grant.ID, scopes: req.scopes})
 	}
-	return c, nil
+	return nil
 }
 
 func (b *Broker) consentRequest(c *call) consent.Request {
@@ -322,7 +323,8 @@ func (b *Broker) ForgetGrant(grantID string) {
 func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.AgentIdentity_WatchTokenServer) error {
 	ctx := stream.Context()
 	peer, _ := ipc.PeerFromContext(ctx)
-	c, err := b.authorize(ctx, peer, in)
+	c := &call{}
+	err := b.authorize(ctx, peer, in, c)
 	if err != nil {
 		b.auditDenied(c, err)
 		return err

@@ -29,10 +29,11 @@ func (l *limiter) allow(agent string) (bool, time.Duration) {
 		l.m[agent] = lim
 	}
 	l.mu.Unlock()
-	r := lim.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		return false, d
+	if lim.Allow() { // no allocation on the fast path; Reserve only to tell a refused caller when to come back
+		return true, 0
 	}
-	return true, 0
+	r := lim.Reserve()
+	d := r.Delay()
+	r.Cancel()
+	return false, max(d, time.Millisecond)
 }
