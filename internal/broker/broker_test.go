@@ -245,3 +245,28 @@ func retryDelayOf(err error) time.Duration {
 	}
 	return 0
 }
+
+// TestRateLimitPerAgent: one agent over its rate is refused with a retry delay; another agent is not slowed down.
+func TestRateLimitPerAgent(t *testing.T) {
+	f := newFixture(t)
+	cfg := *f.b.cfg.Load()
+	cfg.RateLimit, cfg.Burst = 1, 3
+	cfg.Agents = append(append([]config.Agent(nil), cfg.Agents...),
+		config.Agent{Name: "other", AppID: "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a", Bindings: []config.Binding{{Exe: otherExe, SHA256: testHash}}})
+	f.b.SetConfig(&cfg)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	for i := range 3 {
+		if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+			t.Fatalf("call %d within the burst: %v", i, err)
+		}
+	}
+	_, err := f.b.GetToken(peerCtx(testPID, testStart), req)
+	if status.Code(err) != codes.ResourceExhausted || ReasonOf(err) != ReasonRateLimited || retryDelayOf(err) <= 0 {
+		t.Fatalf("over the rate: %v / %q / retry %v", status.Code(err), ReasonOf(err), retryDelayOf(err))
+	}
+	// The other agent's bucket is its own: it reaches consent (it has no grant), not the rate limit.
+	_, err = f.b.GetToken(peerCtx(otherPID, otherStart), &agentidv1.GetTokenRequest{Agent: "other", Scopes: []string{testScope}})
+	if ReasonOf(err) != ReasonConsentPending {
+		t.Fatalf("other agent: %v / %q, want CONSENT_PENDING", status.Code(err), ReasonOf(err))
+	}
+}
