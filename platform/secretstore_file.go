@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/agentidd/agentidd/internal/fsutil"
 )
 
 // fileSecretStore is the explicit opt-in backend (secret_store = "file"):
@@ -58,7 +60,7 @@ func (s *fileSecretStore) Set(item string, secret []byte) error {
 	if err := ensurePrivateDir(s.dir); err != nil {
 		return fmt.Errorf("secret store file: %w", err)
 	}
-	if err := writeFileAtomic(s.path(item), secret, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(s.path(item), secret, 0o600); err != nil {
 		return fmt.Errorf("secret store file: write item %q: %w", item, err)
 	}
 	return nil
@@ -77,7 +79,7 @@ func (s *fileSecretStore) Delete(item string) error {
 	if err != nil {
 		return fmt.Errorf("secret store file: delete item %q: %w", item, err)
 	}
-	syncDir(s.dir)
+	fsutil.SyncDir(s.dir)
 	return nil
 }
 

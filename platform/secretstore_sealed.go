@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"github.com/agentidd/agentidd/internal/fsutil"
 )
 
 // Sealer protects bytes so only the current OS user can read them back
@@ -153,7 +155,7 @@ func (s *sealedStore) Set(item string, secret []byte) error {
 	if err := ensurePrivateDir(s.dir); err != nil {
 		return fmt.Errorf("secret store: %w", err)
 	}
-	if err := writeFileAtomic(s.path(item), encodeSealed(item, blob), 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(s.path(item), encodeSealed(item, blob), 0o600); err != nil {
 		return fmt.Errorf("secret store: write sealed %q: %w", item, err)
 	}
 	return nil
@@ -172,6 +174,6 @@ func (s *sealedStore) Delete(item string) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("secret store: delete sealed %q: %w", item, err)
 	}
-	syncDir(s.dir)
+	fsutil.SyncDir(s.dir)
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentidd/agentidd/internal/cache"
 	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/internal/fsutil"
 	"github.com/agentidd/agentidd/internal/store"
 	"github.com/agentidd/agentidd/platform"
 )
@@ -97,7 +98,7 @@ func writeRefusal(stateDir string, r *refusal) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(refusalPath(stateDir), b)
+	return fsutil.WriteFileAtomic(refusalPath(stateDir), b, 0o600)
 }
 
 // ClearRefusal forgets a refused state file; `agentidd reset` calls it so that the next start begins empty.
@@ -357,41 +358,4 @@ func isInvalidClient(err error) bool {
 		return e.AADSTS == 7000215 || (e.Code == "invalid_client" && e.AADSTS == 0)
 	}
 	return strings.Contains(err.Error(), "AADSTS7000215")
-}
-
-// writeFileAtomic writes temp + fsync + rename + fsync dir, so a crash leaves the old file or the new one.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if df, derr := os.Open(dir); derr == nil {
-		_ = df.Sync()
-		_ = df.Close()
-	}
-	return nil
 }

@@ -33,6 +33,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/agentidd/agentidd/internal/fsutil"
 	"github.com/agentidd/agentidd/platform"
 )
 
@@ -377,7 +378,7 @@ func moveAsideAs(path, tag string, t time.Time) (string, error) {
 	if err := os.Rename(path, dst); err != nil {
 		return "", err
 	}
-	syncDir(filepath.Dir(path))
+	fsutil.SyncDir(filepath.Dir(path))
 	return dst, nil
 }
 
@@ -619,17 +620,6 @@ func ensurePrivateDir(dir string) error {
 		}
 	}
 	return nil
-}
-
-// syncDir makes a rename durable. Best effort: Windows cannot open a
-// directory for sync, and NTFS journals renames itself.
-func syncDir(dir string) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	_ = d.Sync()
-	_ = d.Close()
 }
 
 // Reset is the store's half of `agentidd reset`: it moves the state file
