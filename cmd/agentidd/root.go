@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,9 @@ import (
 	"github.com/agentidd/agentidd/packaging/servicecfg"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
+
+// daemonMemoryLimit is the daemon's default soft memory limit (see BENCHMARKS.md for what 10,000 tokens cost).
+const daemonMemoryLimit = 32 << 20
 
 type globals struct {
 	configPath string
@@ -88,6 +92,11 @@ func runCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			// A background daemon on a laptop should give memory back rather than grow GC headroom with its cache: a soft
+			// limit makes the collector work harder only when the heap nears it (GOMEMLIMIT overrides).
+			if os.Getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(daemonMemoryLimit)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if g.socket != "" {
