@@ -2,10 +2,18 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -73,4 +81,52 @@ func TestSecretRotationWhileRunning(t *testing.T) {
 	if err != nil || tok.GetAccessToken() == "" {
 		t.Fatalf("after fixing the secret: %v", err)
 	}
+}
+
+// TestBlueprintCertificateCredential: a blueprint that has only a certificate (no secret) at the IdP works once its
+// certificate and key are imported with `agentidd secret set --blueprint ID --cert FILE`: MSAL signs a client assertion.
+func TestBlueprintCertificateCredential(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "demo-blueprint"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+
+	def, err := os.ReadFile(filepath.Join("..", "entraemu", "default_directory.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := `"secrets": ["` + emutest.BlueprintSecret + `"]`
+	certJSON, _ := json.Marshal(string(certPEM))
+	withCert := strings.Replace(string(def), old, `"secrets": [], "certificates": [`+string(certJSON)+`]`, 1)
+	if withCert == string(def) {
+		t.Fatalf("default directory no longer has %s", old)
+	}
+	tmp := t.TempDir()
+	dirFile := filepath.Join(tmp, "directory.json")
+	if err := os.WriteFile(dirFile, []byte(withCert), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	credFile := filepath.Join(tmp, "blueprint.pem")
+	if err := os.WriteFile(credFile, append(certPEM, keyPEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	e := newEnv(t, envOptions{directory: dirFile})
+	e.cli("secret", "set", "--blueprint", emutest.BlueprintAppID, "--cert", credFile)
+	e.login()
+	tok := e.tokenWithApproval(e.conn(), emutest.ResourceScopeRead)
+	claims := verifyToken(t, e, tok.AccessToken)
+	if claims["azp"] != emutest.AgentAppID || claims["oid"] != emutest.DefaultUserOID {
+		t.Errorf("claims: azp=%v oid=%v", claims["azp"], claims["oid"])
+	}
+	e.stopDaemon()
+	assertNoSecrets(t, e.log.String(), "daemon log", string(keyPEM[100:160])) // a run of the key itself, not the PEM armour
 }
