@@ -261,7 +261,7 @@ func (a *admin) AuditVerify(context.Context, *agentidv1.AuditVerifyRequest) (*ag
 	if err := a.d.audit.Sync(); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	n, err := audit.Verify(a.d.auditPath())
+	n, err := a.d.verifyAudit()
 	out := &agentidv1.AuditVerifyResponse{Records: int64(n)}
 	if err != nil {
 		out.Error = err.Error()

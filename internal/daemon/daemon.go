@@ -69,6 +69,8 @@ type Daemon struct {
 	inspect  platform.ProcessInspector
 	started  time.Time
 	sec      *secretsRuntime
+	// auditBroken freezes the audit anchor once the log failed verification, so the evidence is not overwritten.
+	auditBroken bool
 }
 
 // Run starts the daemon and serves until ctx is cancelled. Cancellation is a clean shutdown, not an error.
@@ -131,6 +133,12 @@ func run(ctx context.Context, o Options) error {
 		return fmt.Errorf("opening audit log: %w", err)
 	}
 	defer d.audit.Close()
+	if n, err := d.verifyAudit(); err != nil {
+		// Reported, not fatal: refusing to start would hide the evidence behind an outage. Status and audit verify say it.
+		d.log.Error("the audit log does not verify: it was edited, truncated or rewritten", "records", n, "err", err)
+		d.auditBroken = true
+	}
+	defer d.saveAuditAnchor()
 
 	var b *broker.Broker
 	d.cache = cache.New(cache.Options{
@@ -199,6 +207,7 @@ func run(ctx context.Context, o Options) error {
 	go d.consent.ExpireLoop(runCtx)
 	go d.watchConfig(runCtx)
 	go d.sec.watch(runCtx)
+	go d.anchorAuditLoop(runCtx, 10*time.Second)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/internal/cache"
 	"github.com/agentidd/agentidd/internal/store"
 )
@@ -130,5 +132,68 @@ func (t *tokenStore) purge(match func(servedToken) bool) {
 	})
 	for _, k := range doomed {
 		_ = t.st.Delete(bucketTokens, k)
+	}
+}
+
+// auditAnchor is the audit log's last (seq, hash), kept in the encrypted store: the hash chain alone cannot tell a log
+// rewritten from scratch, or cut short, from a genuine one; the anchor can, up to the last time it was saved.
+type auditAnchor struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+func (d *Daemon) loadAuditAnchor() (auditAnchor, bool) {
+	if d.store == nil {
+		return auditAnchor{}, false
+	}
+	b, err := d.store.Get(bucketAudit, "head")
+	if err != nil {
+		return auditAnchor{}, false
+	}
+	var a auditAnchor
+	if json.Unmarshal(b, &a) != nil {
+		return auditAnchor{}, false
+	}
+	return a, true
+}
+
+// verifyAudit checks the whole chain and, when an anchor was saved, that the log still reaches it unchanged.
+func (d *Daemon) verifyAudit() (int, error) {
+	if a, ok := d.loadAuditAnchor(); ok {
+		return audit.VerifyAnchor(d.auditPath(), a.Seq, a.Hash)
+	}
+	return audit.Verify(d.auditPath())
+}
+
+// saveAuditAnchor writes the current head after flushing the log.
+func (d *Daemon) saveAuditAnchor() {
+	if d.store == nil || d.audit == nil || d.auditBroken {
+		return
+	}
+	if err := d.audit.Sync(); err != nil {
+		d.log.Warn("audit flush failed", "err", err)
+		return
+	}
+	seq, hash := d.audit.Head()
+	if a, ok := d.loadAuditAnchor(); ok && a.Seq == seq {
+		return
+	}
+	b, _ := json.Marshal(auditAnchor{Seq: seq, Hash: hash})
+	if err := d.store.Put(bucketAudit, "head", b); err != nil {
+		d.log.Warn("could not anchor the audit log", "err", err)
+	}
+}
+
+// anchorAuditLoop saves the anchor every interval until ctx ends, and once more then.
+func (d *Daemon) anchorAuditLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.saveAuditAnchor()
+		}
 	}
 }
