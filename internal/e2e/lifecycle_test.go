@@ -47,46 +47,7 @@ func lifecycleEnv(t *testing.T, tokenLifetime time.Duration) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentidd, demo := binaries(t)
-	dir, err := os.MkdirTemp("", "aidd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, agentidd: agentidd, demo: demo, dir: dir, opts: envOptions{secretStore: "file", tokenLifetime: tokenLifetime, extraConfig: lifecycleNoRateLimit},
-		config: filepath.Join(dir, "config.toml"), socket: filepath.Join(dir, "run", "agentidd.sock"), stateDir: filepath.Join(dir, "state")}
-	e.emu = emutest.Start(t, emutest.Options{TokenLifetime: tokenLifetime, DirectoryFile: dirFile})
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if self, err = filepath.EvalSymlinks(self); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf(`authority = %q
-client_id = %q
-blueprint_app_id = %q
-dev_ca_file = %q
-secret_store = "file"
-state_dir = %q
-socket = %q
-%s
-
-[[agent]]
-name = %q
-app_id = %q
-display_name = "Test agent"
-[[agent.binding]]
-exe = %q
-sha256 = %q
-`, e.emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, e.emu.CAFile, e.stateDir, e.socket, lifecycleNoRateLimit,
-		testAgent, emutest.AgentAppID, self, sha256File(t, self))
-	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.cliInput(emutest.BlueprintSecret, "secret", "set", "--blueprint", emutest.BlueprintAppID)
-	e.startDaemon()
-	return e
+	return newEnv(t, envOptions{tokenLifetime: tokenLifetime, extraConfig: lifecycleNoRateLimit, directory: dirFile})
 }
 
 // lifecycleReady signs in and approves one grant covering every lifecycle scope.
