@@ -2,7 +2,7 @@ package broker
 
 import (
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,7 +20,17 @@ const (
 )
 
 // reservedScopes are OIDC scopes MSAL adds itself; an agent asking for them is confused or probing.
-var reservedScopes = map[string]bool{"openid": true, "profile": true, "offline_access": true, "email": true}
+var reservedScopes = [...]string{"openid", "profile", "offline_access", "email"}
+
+// isReservedScope compares without allocating: this runs on every request.
+func isReservedScope(s string) bool {
+	for _, r := range reservedScopes {
+		if strings.EqualFold(s, r) {
+			return true
+		}
+	}
+	return false
+}
 
 // request is a GetTokenRequest after validation: every field the broker uses is checked here, once.
 type request struct {
@@ -109,13 +119,12 @@ func normalizeScopes(in []string) ([]string, string, error) {
 	if len(in) > maxScopes {
 		return nil, "", badRequest("at most %d scopes per request", maxScopes)
 	}
-	set := make(map[string]struct{}, len(in))
 	resource := ""
 	for _, s := range in {
 		if s == "" || len(s) > maxScopeLen || strings.ContainsAny(s, " \t\r\n") || !printable(s) {
 			return nil, "", badRequest("scope %q is malformed: a scope is one token like api://app/Scope.Name", truncate(s, 64))
 		}
-		if reservedScopes[strings.ToLower(s)] {
+		if isReservedScope(s) {
 			return nil, "", badRequest("scope %q is added by the daemon itself; ask only for resource scopes", s)
 		}
 		i := strings.LastIndexByte(s, '/')
@@ -128,14 +137,11 @@ func normalizeScopes(in []string) ([]string, string, error) {
 		} else if res != resource {
 			return nil, "", badRequest("all scopes of one request must belong to one resource (%s and %s)", resource, res)
 		}
-		set[s] = struct{}{}
 	}
-	out := make([]string, 0, len(set))
-	for s := range set {
-		out = append(out, s)
-	}
-	sort.Strings(out)
-	return out, resource, nil
+	// A sorted, de-duplicated copy: one allocation (a map here showed up in the daemon's profile as GC work).
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return slices.Compact(out), resource, nil
 }
 
 func printable(s string) bool {

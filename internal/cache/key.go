@@ -94,6 +94,9 @@ func isScopeSet(scopes []string) bool {
 }
 
 func normalizeScopes(scopes []string) []string {
+	if isScopeSet(scopes) {
+		return scopes // already a set (the broker normalizes); keys are immutable, so sharing it is safe
+	}
 	out := make([]string, 0, len(scopes))
 	for _, s := range scopes {
 		if s != "" {

@@ -264,6 +264,9 @@ func normalize(r *Request) error {
 
 // NormalizeScopes returns the sorted set of non-empty, trimmed scopes.
 func NormalizeScopes(scopes []string) []string {
+	if isNormalized(scopes) {
+		return scopes // the broker already normalized them: no copy on the token fast path
+	}
 	out := make([]string, 0, len(scopes))
 	for _, s := range scopes {
 		if s = strings.TrimSpace(s); s != "" {
@@ -272,6 +275,16 @@ func NormalizeScopes(scopes []string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// isNormalized reports whether scopes are already trimmed, non-empty, sorted and unique.
+func isNormalized(scopes []string) bool {
+	for i, s := range scopes {
+		if s == "" || strings.TrimSpace(s) != s || (i > 0 && scopes[i-1] >= s) {
+			return false
+		}
+	}
+	return true
 }
 
 // key identifies "the same question": requests with equal keys join one
