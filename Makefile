@@ -12,10 +12,11 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPCURL_VERSION := v1.9.3
 
 # Debian packages the tests need: a real Secret Service on a private D-Bus, protoc for the staleness check.
-APT_PACKAGES := gnome-keyring dbus libsecret-tools protobuf-compiler
+# wine64 + mingw run the Windows test binaries (scripts/wine-test).
+APT_PACKAGES := gnome-keyring dbus libsecret-tools protobuf-compiler wine64 gcc-mingw-w64-x86-64
 CROSS_TARGETS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
 
-.PHONY: all build demo test test-go deps apt-deps tools lint vet staticcheck fmt-check proto proto-check cross bench fuzz clean
+.PHONY: all build demo test test-go test-windows deps apt-deps tools lint vet staticcheck fmt-check proto proto-check cross bench fuzz clean
 
 all: build
 
@@ -27,11 +28,18 @@ demo: build
 	@scripts/demo.sh $(BIN)
 
 test: deps lint proto-check test-go cross
+	$(MAKE) test-windows REQUIRE_WINE=1
 	@echo "make test: all checks passed"
 
 test-go:
 	scripts/with-secret-service env AGENTIDD_REQUIRE_SECRET_SERVICE=1 PATH="$(TOOLS):$$PATH" CGO_ENABLED=1 \
 		$(GO) test -race -count=1 -timeout 25m ./...
+
+# The Windows test binaries under Debian's wine (docs/platforms.md lists what is kept and why the rest is not).
+# make test requires wine (installed by apt-deps); run alone, it skips when wine is absent unless REQUIRE_WINE=1.
+REQUIRE_WINE ?= 0
+test-windows:
+	AGENTIDD_REQUIRE_WINE=$(REQUIRE_WINE) scripts/wine-test
 
 deps: apt-deps tools
 
