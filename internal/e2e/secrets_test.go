@@ -317,7 +317,9 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			if err := os.WriteFile(db, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, "fails authentication"},
+			// Which record a flip lands in depends on the file's layout: a sealed record fails authentication, the header
+			// record is no longer recognised. Both are the store refusing damaged bytes.
+		}, "fails authentication|no agentidd header"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -338,7 +340,7 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			// First start: reported, refused, the bytes kept aside unchanged.
 			e.startDaemon()
 			st := e.cli("status")
-			if !strings.Contains(st, "DEGRADED: ") || !strings.Contains(st, "agentidd reset") || !strings.Contains(st, tc.cause) {
+			if !strings.Contains(st, "DEGRADED: ") || !strings.Contains(st, "agentidd reset") || !containsAny(st, strings.Split(tc.cause, "|")) {
 				t.Errorf("status after an unreadable state file does not say what happened and what to do:\n%s", st)
 			}
 			_, err = offlineToken(e.conn(), 5*time.Second)
@@ -515,4 +517,13 @@ func secretsTail(s string) string {
 		return "…" + s[len(s)-4000:]
 	}
 	return s
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }
