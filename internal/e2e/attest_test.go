@@ -1,0 +1,53 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestChangedBinaryIsRefused: an agent bound by path and SHA-256 is attested while its binary is unchanged, and refused
+// as NOT_ATTESTED (naming the path and the hash prefixes) once one byte of the file changes.
+func TestChangedBinaryIsRefused(t *testing.T) {
+	_, demo := binaries(t)
+	dir := t.TempDir()
+	bound := filepath.Join(dir, "bound-agent")
+	raw, err := os.ReadFile(demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bound, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256File(t, bound)
+	e := newEnv(t, envOptions{extraConfig: fmt.Sprintf(`
+[[agent]]
+name = "bound-agent"
+app_id = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f"
+[[agent.binding]]
+exe = %q
+sha256 = %q
+`, bound, sum)})
+	e.login()
+	run := func() string {
+		cmd := exec.Command(bound, "-agent", "bound-agent", "-consent-wait", "0s")
+		cmd.Env = e.environ()
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	// Attested: it gets as far as asking the user.
+	if out := run(); !strings.Contains(out, "CONSENT_PENDING") {
+		t.Fatalf("unchanged binary: %s", out)
+	}
+	// One byte appended: the ELF still runs, but it is no longer the approved binary.
+	if err := os.WriteFile(bound, append(raw, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := run()
+	if !strings.Contains(out, "NOT_ATTESTED") || !strings.Contains(out, bound) || !strings.Contains(out, sum[:12]) {
+		t.Fatalf("changed binary: %s", out)
+	}
+}
