@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/daemon"
 	"github.com/agentidd/agentidd/internal/store"
 	"github.com/agentidd/agentidd/platform"
@@ -23,12 +24,7 @@ func grantsCmd(g *globals) *cobra.Command {
 		Use:   "grants",
 		Short: "List the user's consent grants",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.ListGrants(cmd.Context(), &agentidv1.ListGrantsRequest{})
 			if err != nil {
 				return err
@@ -46,25 +42,20 @@ func grantsCmd(g *globals) *cobra.Command {
 					strings.Join(gr.GetScopes(), ","), gr.GetNotAfter().AsTime().Local().Format(time.RFC3339), gr.GetDecidedVia(), task)
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a grant; its tokens are purged before this returns",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.RevokeGrant(cmd.Context(), &agentidv1.RevokeGrantRequest{Id: args[0]})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s; %d token(s) purged\n", resp.GetGrant().GetId(), resp.GetPurgedTokens())
 			return nil
-		},
+		}),
 	})
 	return cmd
 }
@@ -90,12 +81,7 @@ func consentCmd(g *globals) *cobra.Command {
 		Use:   "list",
 		Short: "List pending consent requests",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.ListConsentRequests(cmd.Context(), &agentidv1.ListConsentRequestsRequest{})
 			if err != nil {
 				return err
@@ -107,16 +93,11 @@ func consentCmd(g *globals) *cobra.Command {
 				printConsentRequest(cmd.OutOrStdout(), r)
 			}
 			return nil
-		},
+		}),
 	})
 	var forDur time.Duration
 	decide := func(allow bool) func(cmd *cobra.Command, args []string) error {
-		return func(cmd *cobra.Command, args []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		return g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			req := &agentidv1.DecideConsentRequest{Id: args[0], Allow: allow}
 			if forDur > 0 {
 				req.Duration = durationpb.New(forDur)
@@ -131,7 +112,7 @@ func consentCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), "denied")
 			}
 			return nil
-		}
+		})
 	}
 	approve := &cobra.Command{Use: "approve ID", Short: "Approve a pending request", Args: cobra.ExactArgs(1), RunE: decide(true)}
 	approve.Flags().DurationVar(&forDur, "for", 0, "grant duration: 1h, 8h or 168h (default: the task, else 1h)")
@@ -141,26 +122,16 @@ func consentCmd(g *globals) *cobra.Command {
 		Use:   "reset",
 		Short: "Forget remembered denials",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, err = c.Admin.ResetConsent(cmd.Context(), &agentidv1.ResetConsentRequest{})
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
+			_, err := c.Admin.ResetConsent(cmd.Context(), &agentidv1.ResetConsentRequest{})
 			return err
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "watch",
 		Short: "Show consent requests as they arrive and answer them with a key: a approve (1h), t this task, d deny, s skip",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			stream, err := c.Admin.WatchConsentRequests(cmd.Context(), &agentidv1.ListConsentRequestsRequest{})
 			if err != nil {
 				return err
@@ -204,7 +175,7 @@ func consentCmd(g *globals) *cobra.Command {
 					fmt.Fprintln(w, "  denied")
 				}
 			}
-		},
+		}),
 	})
 	return cmd
 }
@@ -215,12 +186,7 @@ func auditCmd(g *globals) *cobra.Command {
 	tail := &cobra.Command{
 		Use:  "tail",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.AuditTail(cmd.Context(), &agentidv1.AuditTailRequest{N: int32(n)})
 			if err != nil {
 				return err
@@ -229,18 +195,13 @@ func auditCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), l)
 			}
 			return nil
-		},
+		}),
 	}
 	tail.Flags().IntVarP(&n, "n", "n", 20, "records")
 	cmd.AddCommand(tail, &cobra.Command{
 		Use:  "verify",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.AuditVerify(cmd.Context(), &agentidv1.AuditVerifyRequest{})
 			if err != nil {
 				return err
@@ -250,7 +211,7 @@ func auditCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "audit chain intact: %d records\n", resp.GetRecords())
 			return nil
-		},
+		}),
 	})
 	return cmd
 }

@@ -122,12 +122,7 @@ func loginCmd(g *globals) *cobra.Command {
 		Use:   "login",
 		Short: "Sign the user in (device code): the daemon keeps the sign-in; agents never see it",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			stream, err := c.Admin.Login(cmd.Context(), &agentidv1.LoginRequest{})
 			if err != nil {
 				return err
@@ -146,7 +141,7 @@ func loginCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), ev.GetMessage())
 			}
-		},
+		}),
 	}
 }
 
@@ -155,19 +150,14 @@ func logoutCmd(g *globals) *cobra.Command {
 		Use:   "logout",
 		Short: "Forget the user's sign-in and purge every token derived from it",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.Logout(cmd.Context(), &agentidv1.LogoutRequest{})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Signed out; %d cached token(s) purged.\n", resp.GetPurgedTokens())
 			return nil
-		},
+		}),
 	}
 }
 
@@ -177,12 +167,7 @@ func statusCmd(g *globals) *cobra.Command {
 		Use:   "status",
 		Short: "Show the daemon's state (never token values)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			st, err := c.Admin.Status(cmd.Context(), &agentidv1.StatusRequest{})
 			if err != nil {
 				return err
@@ -214,7 +199,7 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(w, "\ngrants: %d, pending consent requests: %d\nsecret store: %s\n", st.GetGrants(), st.GetPendingConsents(), st.GetSecretStore())
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
@@ -229,12 +214,7 @@ func tokenCmd(g *globals) *cobra.Command {
 		Use:   "token",
 		Short: "Get a token for an agent (the calling process must be bound to it, e.g. via `agentidd exec`)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			req := &agentidv1.GetTokenRequest{Agent: agent, Scopes: scopes, TaskId: task, Justification: justification}
 			switch mode {
 			case "obo", "":
@@ -274,7 +254,7 @@ func tokenCmd(g *globals) *cobra.Command {
 				"source":   source,
 				"audit_id": resp.GetAuditId(),
 			})
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&agent, "agent", "", "agent name from the config (required)")
 	cmd.Flags().StringArrayVar(&scopes, "scope", nil, "scope, e.g. api://files.contoso.example/Files.Read (repeatable)")
@@ -308,4 +288,16 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// withConn runs fn with a connection to the daemon, closed afterwards: the shape of every command that talks to it.
+func (g *globals) withConn(fn func(cmd *cobra.Command, args []string, c *client.Conn) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, err := g.dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return fn(cmd, args, c)
+	}
 }
