@@ -169,10 +169,9 @@ func (c *Config) applyDefaults() error {
 	if c.Burst == 0 {
 		c.Burst = 400
 	}
+	// Binding paths are not resolved: an executable the user approves is named absolutely, never relative to wherever
+	// the config file happens to live.
 	for i := range c.Agents {
-		for j := range c.Agents[i].Bindings {
-			c.Agents[i].Bindings[j].Exe = c.resolve(c.Agents[i].Bindings[j].Exe)
-		}
 		if c.Agents[i].DisplayName == "" {
 			c.Agents[i].DisplayName = c.Agents[i].Name
 		}
