@@ -73,9 +73,39 @@ type Broker struct {
 }
 
 type keyInfo struct {
-	claims  string
-	grantID string
-	scopes  []string
+	key      cache.Key
+	claims   string
+	grantID  string
+	scopes   []string
+	lastSeen atomic.Int64 // unix nanoseconds of the last request for this key; see SweepKeyInfo
+}
+
+// keyInfoIdle is how long bookkeeping for a key that is no longer cached is kept. It must exceed the time from
+// authorization to fetch (bounded by the cache's fetch timeout), or a request could lose its bookkeeping mid-flight.
+const keyInfoIdle = 5 * time.Minute
+
+func newKeyInfo(k cache.Key, claims, grantID string, now time.Time) *keyInfo {
+	ki := &keyInfo{key: k, claims: claims, grantID: grantID, scopes: k.Scopes}
+	ki.lastSeen.Store(now.UnixNano())
+	return ki
+}
+
+// SweepKeyInfo drops refresh bookkeeping of keys that left the cache (expired unused, purged) and have not been asked
+// for since keyInfoIdle; without it every distinct claims challenge ever seen would stay in memory.
+func (b *Broker) SweepKeyInfo() int {
+	cutoff := b.now().Add(-keyInfoIdle).UnixNano()
+	n := 0
+	b.keyInfo.Range(func(id, v any) bool {
+		ki := v.(*keyInfo)
+		if ki.lastSeen.Load() < cutoff {
+			if _, cached := b.cache.Peek(ki.key); !cached {
+				b.keyInfo.Delete(id)
+				n++
+			}
+		}
+		return true
+	})
+	return n
 }
 
 // New builds a broker.
@@ -221,8 +251,10 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	c.grant = grant
 	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
 	id := c.key.ID()
-	if v, ok := b.keyInfo.Load(id); !ok || v.(keyInfo).grantID != grant.ID {
-		b.keyInfo.Store(id, keyInfo{claims: req.claims, grantID: grant.ID, scopes: req.scopes})
+	if v, ok := b.keyInfo.Load(id); ok && v.(*keyInfo).grantID == grant.ID {
+		v.(*keyInfo).lastSeen.Store(b.now().UnixNano())
+	} else {
+		b.keyInfo.Store(id, newKeyInfo(c.key, req.claims, grant.ID, b.now()))
 	}
 	return nil
 }
@@ -289,7 +321,7 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 		// rather than mint.
 		return cache.Token{}, ErrGrantGone
 	}
-	info := v.(keyInfo)
+	info := v.(*keyInfo)
 	var res entra.Result
 	var err error
 	if k.Mode == "app" {
@@ -312,7 +344,7 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 // ForgetGrant drops refresh bookkeeping for keys derived from a revoked grant.
 func (b *Broker) ForgetGrant(grantID string) {
 	b.keyInfo.Range(func(k, v any) bool {
-		if v.(keyInfo).grantID == grantID {
+		if v.(*keyInfo).grantID == grantID {
 			b.keyInfo.Delete(k)
 		}
 		return true
@@ -412,13 +444,13 @@ func prefix(h string) string {
 
 // Remember records what a refresh of a restored key needs.
 func (b *Broker) Remember(k cache.Key, grantID, claims string) {
-	b.keyInfo.Store(k.ID(), keyInfo{claims: claims, grantID: grantID, scopes: k.Scopes})
+	b.keyInfo.Store(k.ID(), newKeyInfo(k, claims, grantID, b.now()))
 }
 
 // ClaimsFor returns the raw claims a key was minted for ("" for none).
 func (b *Broker) ClaimsFor(k cache.Key) string {
 	if v, ok := b.keyInfo.Load(k.ID()); ok {
-		return v.(keyInfo).claims
+		return v.(*keyInfo).claims
 	}
 	return ""
 }

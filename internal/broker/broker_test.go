@@ -270,3 +270,24 @@ func TestRateLimitPerAgent(t *testing.T) {
 		t.Fatalf("other agent: %v / %q, want CONSENT_PENDING", status.Code(err), ReasonOf(err))
 	}
 }
+
+func TestSweepKeyInfoKeepsCachedAndRecentKeys(t *testing.T) {
+	f := newFixture(t)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(keyInfoIdle + time.Minute)
+	f.b.now = func() time.Time { return later }
+	if n := f.b.SweepKeyInfo(); n != 0 {
+		t.Fatalf("swept %d entries of a cached key", n)
+	}
+	f.c.PurgeAll("test")
+	if n := f.b.SweepKeyInfo(); n != 1 {
+		t.Fatalf("swept %d entries of an idle, uncached key, want 1", n)
+	}
+	// The next request re-creates the bookkeeping and is served.
+	if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+		t.Fatalf("after the sweep: %v", err)
+	}
+}

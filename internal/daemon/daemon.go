@@ -208,6 +208,7 @@ func run(ctx context.Context, o Options) error {
 	go d.watchConfig(runCtx)
 	go d.sec.watch(runCtx)
 	go d.anchorAuditLoop(runCtx, 10*time.Second)
+	go d.sweepLoop(runCtx)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -197,3 +197,17 @@ func (d *Daemon) anchorAuditLoop(ctx context.Context, every time.Duration) {
 		}
 	}
 }
+
+// sweepLoop drops refresh bookkeeping of keys that left the cache, once a minute.
+func (d *Daemon) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.broker.SweepKeyInfo()
+		}
+	}
+}
