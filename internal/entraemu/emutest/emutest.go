@@ -119,6 +119,14 @@ func Build(tb testing.TB) string {
 	return buildPath
 }
 
+// RemoveBuild deletes the binary Build made. Call it from TestMain after m.Run: a test process has no other hook at its
+// end, and each run would otherwise leave a binary in the temp dir.
+func RemoveBuild() {
+	if buildPath != "" {
+		_ = os.RemoveAll(filepath.Dir(buildPath))
+	}
+}
+
 // Start runs the emulator and stops it when the test ends.
 func Start(tb testing.TB, opts Options) *Emulator {
 	tb.Helper()
