@@ -45,13 +45,18 @@ func newRoot() *cobra.Command {
 	return root
 }
 
+// configFile is the --config flag, else $AGENTIDD_CONFIG, else the user config dir's file.
+func (g *globals) configFile() (string, error) {
+	if g.configPath != "" {
+		return g.configPath, nil
+	}
+	return config.DefaultPath()
+}
+
 func (g *globals) config() (*config.Config, error) {
-	path := g.configPath
-	if path == "" {
-		var err error
-		if path, err = config.DefaultPath(); err != nil {
-			return nil, err
-		}
+	path, err := g.configFile()
+	if err != nil {
+		return nil, err
 	}
 	return config.Load(path)
 }
@@ -80,12 +85,9 @@ func runCmd(g *globals) *cobra.Command {
 		Short: "Run the daemon in the foreground (the service manager runs this)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path := g.configPath
-			if path == "" {
-				var err error
-				if path, err = config.DefaultPath(); err != nil {
-					return err
-				}
+			path, err := g.configFile()
+			if err != nil {
+				return err
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {

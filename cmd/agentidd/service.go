@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/agentidd/agentidd/internal/config"
 	"github.com/agentidd/agentidd/packaging/servicecfg"
 )
 
@@ -43,12 +42,9 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 		Short: "Install the service to run `agentidd run --config <abs path>` at login; refuses a missing or invalid config",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path := g.configPath
-			if path == "" {
-				var err error
-				if path, err = config.DefaultPath(); err != nil {
-					return err
-				}
+			path, err := g.configFile()
+			if err != nil {
+				return err
 			}
 			cfgPath, writable, err := servicecfg.ResolveConfig(path)
 			if err != nil {
