@@ -55,6 +55,7 @@ type Broker struct {
 	agentidv1.UnimplementedAgentIdentityServer
 
 	cfg       atomic.Pointer[config.Config]
+	policy    atomic.Pointer[config.Policy]
 	idp       IdP
 	cache     *cache.Cache
 	consent   *consent.Manager
@@ -128,6 +129,9 @@ func (b *Broker) SetConfig(c *config.Config) {
 	b.limits = newLimiter(c.RateLimit, c.Burst)
 	b.attested.reset()
 }
+
+// SetPolicy swaps the managed policy (live reload); nil is the empty policy.
+func (b *Broker) SetPolicy(p *config.Policy) { b.policy.Store(p) }
 
 // SetDegraded records why the daemon cannot mint tokens (e.g. a locked secret store); "" clears it.
 func (b *Broker) SetDegraded(why string) {
@@ -229,6 +233,9 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 		return rpcError(codes.NotFound, ReasonUnknownAgent, "no agent named "+req.agent+" in the agentidd config", 0, nil)
 	}
 	c.agent = agent
+	if ok, why := b.policy.Load().Allows(agent.AppID, req.mode, req.resource); !ok {
+		return rpcError(codes.PermissionDenied, ReasonPolicy, why, 0, nil)
+	}
 	proc, via, err := b.attest(peer, agent)
 	c.proc, c.via = proc, via
 	if err != nil {

@@ -156,7 +156,9 @@ func run(ctx context.Context, o Options) error {
 		OnPermanent:   d.onPermanent,
 		Log:           d.log,
 	})
+	policy := d.loadPolicy()
 	d.consent, err = consent.NewManager(consent.Options{
+		MaxGrant:     policy.GrantCap(),
 		Prompter:     platform.NewPrompter(),
 		Persist:      d.consentPersister(),
 		DenyCooldown: cfg.DenyCooldown.Duration,
@@ -171,6 +173,7 @@ func run(ctx context.Context, o Options) error {
 	b = broker.New(broker.Options{Config: cfg, IdP: d.idp, Cache: d.cache, Consent: d.consent, Audit: d.audit,
 		Attestor: attest.New(d.inspect), Inspector: d.inspect, Log: d.log})
 	d.broker = b
+	d.applyPolicy(policy)
 	if why := d.secretsDegradedReason(); why != "" {
 		b.SetDegraded(why)
 	}
@@ -206,6 +209,7 @@ func run(ctx context.Context, o Options) error {
 	go d.cache.Start(runCtx)
 	go d.consent.ExpireLoop(runCtx)
 	go d.watchConfig(runCtx)
+	go d.watchPolicy(runCtx)
 	go d.sec.watch(runCtx)
 	go d.anchorAuditLoop(runCtx, 10*time.Second)
 	go d.sweepLoop(runCtx)

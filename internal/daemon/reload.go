@@ -72,12 +72,7 @@ func (d *Daemon) reload() {
 	// Agents that are gone lose their grants and tokens before the new config is in force.
 	for _, a := range old.Agents {
 		if _, still := cfg.Agent(a.Name); !still {
-			d.consent.RevokeAgent(a.AppID, "agent removed from config")
-			d.cache.PurgeAgent(a.AppID, "agent removed from config")
-			if d.store != nil {
-				appID := a.AppID
-				d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == appID })
-			}
+			d.dropAgent(a.AppID, "agent removed from config")
 		}
 	}
 	d.cfgMu.Lock()
@@ -85,4 +80,67 @@ func (d *Daemon) reload() {
 	d.cfgMu.Unlock()
 	d.broker.SetConfig(cfg)
 	d.log.Info("config reloaded", "agents", len(cfg.Agents))
+}
+
+// dropAgent revokes an agent's grants and purges its tokens (cache and store) before returning.
+func (d *Daemon) dropAgent(appID, reason string) {
+	d.consent.RevokeAgent(appID, reason)
+	d.cache.PurgeAgent(appID, reason)
+	if d.store != nil {
+		d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == appID })
+	}
+}
+
+// loadPolicy reads the managed policy; an unreadable one fails closed.
+func (d *Daemon) loadPolicy() *config.Policy {
+	path := config.DefaultPolicyPath()
+	p, err := config.LoadPolicy(path)
+	if err != nil {
+		d.log.Error("managed policy unreadable; refusing every token until it is fixed", "path", path, "err", err)
+		return config.BrokenPolicy(path, err)
+	}
+	return p
+}
+
+// applyPolicy puts a policy in force; agents it no longer allows lose their grants and tokens first.
+func (d *Daemon) applyPolicy(p *config.Policy) {
+	for _, a := range d.config().Agents {
+		if ok, why := p.AllowsAgent(a.AppID); !ok {
+			d.dropAgent(a.AppID, why)
+		}
+	}
+	d.broker.SetPolicy(p)
+}
+
+// watchPolicy reloads the managed policy when its file changes (its directory is watched: editors and deployment
+// tools replace files by rename). Without the directory there is nothing to watch; a restart picks up a new file.
+func (d *Daemon) watchPolicy(ctx context.Context) {
+	path := config.DefaultPolicyPath()
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return
+	}
+	defer w.Close()
+	if err := w.Add(filepath.Dir(path)); err != nil {
+		d.log.Info("managed policy directory not watched", "path", filepath.Dir(path), "err", err)
+		return
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if filepath.Clean(ev.Name) == filepath.Clean(path) {
+				debounce = time.After(200 * time.Millisecond)
+			}
+		case <-w.Errors:
+		case <-debounce:
+			d.applyPolicy(d.loadPolicy())
+			d.log.Info("managed policy reloaded", "path", path)
+		}
+	}
 }

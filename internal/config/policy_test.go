@@ -1,0 +1,67 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPolicy(t *testing.T) {
+	dir := t.TempDir()
+	write := func(text string) string {
+		p := filepath.Join(dir, "policy.toml")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const agentA, agentB = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f", "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
+
+	missing, err := LoadPolicy(filepath.Join(dir, "absent.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := missing.Allows(agentA, "app", "api://x"); !ok {
+		t.Error("a missing policy file must allow everything the config allows")
+	}
+
+	p, err := LoadPolicy(write(`allowed_agents = ["` + agentA + `"]
+allowed_resources = ["api://files.contoso.example"]
+deny_app_mode = true
+max_grant = "8h"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		agent, mode, resource string
+		want                  bool
+	}{
+		{agentA, "obo", "api://files.contoso.example", true},
+		{strings.ToUpper(agentA), "obo", "api://files.contoso.example", true},
+		{agentB, "obo", "api://files.contoso.example", false},
+		{agentA, "app", "api://files.contoso.example", false},
+		{agentA, "obo", "api://mail.contoso.example", false},
+	}
+	for _, tc := range cases {
+		if ok, why := p.Allows(tc.agent, tc.mode, tc.resource); ok != tc.want || (!ok && why == "") {
+			t.Errorf("Allows(%s, %s, %s) = %v %q, want %v", tc.agent, tc.mode, tc.resource, ok, why, tc.want)
+		}
+	}
+	if p.GrantCap() != 8*time.Hour {
+		t.Errorf("cap %v", p.GrantCap())
+	}
+
+	for _, bad := range []string{`allowed_agnets = []`, `allowed_agents = ["nope"]`, `allowed_resources = ["files"]`, `max_grant = "forever"`} {
+		if _, err := LoadPolicy(write(bad)); err == nil || !strings.Contains(err.Error(), dir) {
+			t.Errorf("%s: got %v, want an error naming the file", bad, err)
+		}
+	}
+	broken := BrokenPolicy("/etc/agentidd/policy.toml", errors.New("permission denied"))
+	if ok, why := broken.Allows(agentA, "obo", "api://x"); ok || !strings.Contains(why, "permission denied") {
+		t.Errorf("an unreadable policy must refuse everything and say why: %v %q", ok, why)
+	}
+}
