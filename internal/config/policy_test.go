@@ -20,6 +20,10 @@ func TestPolicy(t *testing.T) {
 	}
 	const agentA, agentB = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f", "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
 
+	var none *Policy
+	if ok, _ := none.Allows(agentA, "app", "api://x"); !ok {
+		t.Error("a nil policy must allow everything")
+	}
 	missing, err := LoadPolicy(filepath.Join(dir, "absent.toml"))
 	if err != nil {
 		t.Fatal(err)
