@@ -15,8 +15,6 @@
 package audit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"time"
 	"unicode/utf8"
 )
@@ -68,24 +66,9 @@ type Peer struct {
 
 // TokenRef identifies an issued token without containing it.
 type TokenRef struct {
-	SHA256    string    `json:"sha256,omitempty"` // prefix of SHA-256 of the token
+	SHA256    string    `json:"sha256,omitempty"` // the token's fingerprint: a prefix of its SHA-256 (cache.Fingerprint)
 	UTI       string    `json:"uti,omitempty"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
-}
-
-// NewTokenRef hashes token; the token itself is not kept.
-func NewTokenRef(token, uti string, expiresAt time.Time) TokenRef {
-	return TokenRef{SHA256: TokenHashPrefix(token), UTI: uti, ExpiresAt: expiresAt}
-}
-
-// TokenHashPrefix is the first 16 hex digits of SHA-256(token): enough to
-// match a token someone holds against the log, useless for replay.
-func TokenHashPrefix(token string) string {
-	if token == "" {
-		return ""
-	}
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:8])
 }
 
 // Record is one audit line. Seq, Time (if zero), Prev and Hash are filled

@@ -431,7 +431,7 @@ func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token
 		r.Peer = audit.Peer{PID: c.peer.PID, UID: strconv.Itoa(c.peer.UID), Exe: c.proc.ExePath, SHA256: prefix(c.via.SHA256)}
 	}
 	if tok != nil {
-		r.Token = audit.NewTokenRef(tok.AccessToken, "", tok.ExpiresAt)
+		r.Token = audit.TokenRef{SHA256: tok.Fingerprint, ExpiresAt: tok.ExpiresAt}
 	}
 	return r
 }

@@ -43,6 +43,8 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,6 +67,19 @@ type Token struct {
 	Scopes    []string          `json:"scopes,omitempty"`
 	GrantID   string            `json:"grant_id,omitempty"`
 	Meta      map[string]string `json:"meta,omitempty"` // the owner's principal details, opaque here
+	// Fingerprint names the token in audit records without revealing it: the first 16 hex digits of SHA-256 of
+	// AccessToken. The cache fills it in once when the token is stored, so a cached hit does not hash the token again.
+	Fingerprint string `json:"-"`
+}
+
+// Fingerprint is the first 16 hex digits of SHA-256(accessToken): enough to match a token someone holds against the
+// audit log, useless for replay.
+func Fingerprint(accessToken string) string {
+	if accessToken == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(accessToken))
+	return hex.EncodeToString(sum[:8])
 }
 
 // Entry is one cached token with its key, as Snapshot returns it for persisting.
@@ -483,6 +498,7 @@ func normalize(t Token, now time.Time) Token {
 	t.ExpiresAt = t.ExpiresAt.Round(0)
 	t.IssuedAt = t.IssuedAt.Round(0)
 	t.RefreshAt = t.RefreshAt.Round(0)
+	t.Fingerprint = Fingerprint(t.AccessToken)
 	if t.IssuedAt.IsZero() || t.IssuedAt.After(t.ExpiresAt) {
 		t.IssuedAt = now
 	}

@@ -622,3 +622,18 @@ func TestRefreshWithRealTimer(t *testing.T) {
 		t.Errorf("fetches = %d", n)
 	}
 }
+
+func TestFingerprint(t *testing.T) {
+	if Fingerprint("") != "" {
+		t.Error("an empty token has a fingerprint")
+	}
+	if got := Fingerprint("abc"); got != "ba7816bf8f01cfea" { // SHA-256("abc") begins ba7816bf8f01cfea
+		t.Errorf("Fingerprint(abc) = %s", got)
+	}
+	c := New(Options{})
+	k := NewKey("user", "agent", "obo", "api://r", []string{"s"}, "")
+	c.Put(k, Token{AccessToken: "abc", ExpiresAt: time.Now().Add(time.Hour)})
+	if tok, ok := c.Peek(k); !ok || tok.Fingerprint != "ba7816bf8f01cfea" {
+		t.Errorf("a stored token's fingerprint = %q, %v; want it filled in when stored", tok.Fingerprint, ok)
+	}
+}

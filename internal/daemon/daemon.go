@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -194,6 +195,10 @@ func run(ctx context.Context, o Options) error {
 	srv := grpc.NewServer(
 		grpc.Creds(ipc.ServerCredentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		// A fixed pool of stream goroutines keeps its grown stacks: a fresh goroutine per call paid for growing its
+		// stack through the interceptors and the broker on every cached GetToken. Bursts beyond the pool still get
+		// goroutines of their own.
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
 		grpc.ChainUnaryInterceptor(ipc.UnaryGuard(), d.adminGateUnary),
 		grpc.ChainStreamInterceptor(ipc.StreamGuard(), d.adminGateStream),
 	)

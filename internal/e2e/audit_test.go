@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,5 +51,55 @@ func TestAuditAnchorCatchesTruncation(t *testing.T) {
 	e.startDaemon()
 	if out, err := e.cliErr("", "audit", "verify"); err == nil {
 		t.Fatalf("verify after a restart accepted the truncated log: %s", out)
+	}
+}
+
+// TestAuditNamesTokensByFingerprint: every token.issued record names the token it handed out by the first 16 hex
+// digits of its SHA-256, whether it came from the IdP, from the cache, or from the state restored after a restart.
+func TestAuditNamesTokensByFingerprint(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	minted := e.tokenWithApproval(c, emutest.ResourceScopeRead)
+	cached, err := c.Token(context.Background(), testAgent, []string{emutest.ResourceScopeRead})
+	if err != nil || !cached.FromCache || cached.AccessToken != minted.AccessToken {
+		t.Fatalf("second call: %+v, %v; want the same token from the cache", cached, err)
+	}
+	e.stopDaemon()
+	e.startDaemon()
+	restored, err := e.conn().Token(context.Background(), testAgent, []string{emutest.ResourceScopeRead})
+	if err != nil || !restored.FromCache || restored.AccessToken != minted.AccessToken {
+		t.Fatalf("after a restart: %+v, %v; want the persisted token from the cache", restored, err)
+	}
+	e.stopDaemon()
+
+	sum := sha256.Sum256([]byte(minted.AccessToken))
+	want := hex.EncodeToString(sum[:8])
+	raw, err := os.ReadFile(filepath.Join(e.stateDir, "audit.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := map[string]int{}
+	for _, line := range bytes.Split(bytes.TrimSpace(raw), []byte("\n")) {
+		var r struct {
+			Event  string `json:"event"`
+			Source string `json:"source"`
+			Token  struct {
+				SHA256 string `json:"sha256"`
+			} `json:"token"`
+		}
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if r.Event != "token.issued" {
+			continue
+		}
+		if r.Token.SHA256 != want {
+			t.Errorf("token.issued (source %s) names the token %q, want %q", r.Source, r.Token.SHA256, want)
+		}
+		sources[r.Source]++
+	}
+	if sources["idp"] != 1 || sources["cache"] != 2 {
+		t.Errorf("token.issued records by source = %v, want 1 idp and 2 cache", sources)
 	}
 }
