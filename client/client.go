@@ -37,6 +37,10 @@ type Conn struct {
 	Admin agentidv1.AdminClient
 }
 
+// localWindow is the HTTP/2 flow-control window on the local connection: far above any token response, so window
+// updates are rare.
+const localWindow = 1 << 20
+
 // Dial connects to the daemon at endpoint ("" = Endpoint()). The connection is lazy: errors surface on the first call.
 func Dial(endpoint string) (*Conn, error) {
 	if endpoint == "" {
@@ -50,6 +54,10 @@ func Dial(endpoint string) (*Conn, error) {
 		grpc.WithTransportCredentials(ipc.ClientCredentials()),
 		grpc.WithChainUnaryInterceptor(guardUnary),
 		grpc.WithChainStreamInterceptor(guardStream),
+		// A fixed window turns off gRPC's bandwidth-delay estimation, which pings the daemon about once per round trip
+		// while responses flow: on a local socket there is no bandwidth to discover, only extra frames and wake-ups.
+		grpc.WithInitialWindowSize(localWindow),
+		grpc.WithInitialConnWindowSize(localWindow),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to agentidd at %s: %w", endpoint, err)

@@ -70,7 +70,51 @@ type Broker struct {
 	launches  launchSet // `agentidd exec` trees (launch.go)
 
 	// keyInfo remembers, per cache key, what a refresh needs that the key only hashes: the raw claims and the grant.
-	keyInfo sync.Map // cache key ID → keyInfo
+	keyInfo keyInfos
+}
+
+// keyInfos maps cache key IDs to their keyInfo. A plain map under a read lock rather than a sync.Map: a lookup by an ID
+// built in a stack buffer then allocates nothing, and a cached GetToken does one per call.
+type keyInfos struct {
+	mu sync.RWMutex
+	m  map[string]*keyInfo
+}
+
+func (s *keyInfos) lookup(id []byte) *keyInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.m[string(id)]
+}
+
+func (s *keyInfos) load(id string) (*keyInfo, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ki, ok := s.m[id]
+	return ki, ok
+}
+
+func (s *keyInfos) store(id string, ki *keyInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[string]*keyInfo)
+	}
+	s.m[id] = ki
+}
+
+// deleteIf removes every entry doomed says so of, and returns how many. doomed runs under the write lock, so it must
+// not call back into keyInfos.
+func (s *keyInfos) deleteIf(doomed func(*keyInfo) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, ki := range s.m {
+		if doomed(ki) {
+			delete(s.m, id)
+			n++
+		}
+	}
+	return n
 }
 
 type keyInfo struct {
@@ -85,28 +129,33 @@ type keyInfo struct {
 // authorization to fetch (bounded by the cache's fetch timeout), or a request could lose its bookkeeping mid-flight.
 const keyInfoIdle = 5 * time.Minute
 
+// seenEvery limits how often a request rewrites its key's lastSeen: parallel requests for one hot key would otherwise all
+// write the same cache line, and the sweep only needs minutes of precision.
+const seenEvery = int64(time.Second)
+
 func newKeyInfo(k cache.Key, claims, grantID string, now time.Time) *keyInfo {
 	ki := &keyInfo{key: k, claims: claims, grantID: grantID, scopes: k.Scopes}
 	ki.lastSeen.Store(now.UnixNano())
 	return ki
 }
 
+func (ki *keyInfo) seen(now time.Time) {
+	if n := now.UnixNano(); n-ki.lastSeen.Load() >= seenEvery {
+		ki.lastSeen.Store(n)
+	}
+}
+
 // SweepKeyInfo drops refresh bookkeeping of keys that left the cache (expired unused, purged) and have not been asked
 // for since keyInfoIdle; without it every distinct claims challenge ever seen would stay in memory.
 func (b *Broker) SweepKeyInfo() int {
 	cutoff := b.now().Add(-keyInfoIdle).UnixNano()
-	n := 0
-	b.keyInfo.Range(func(id, v any) bool {
-		ki := v.(*keyInfo)
-		if ki.lastSeen.Load() < cutoff {
-			if _, cached := b.cache.Peek(ki.key); !cached {
-				b.keyInfo.Delete(id)
-				n++
-			}
+	return b.keyInfo.deleteIf(func(ki *keyInfo) bool {
+		if ki.lastSeen.Load() >= cutoff {
+			return false
 		}
-		return true
+		_, cached := b.cache.Peek(ki.key)
+		return !cached
 	})
-	return n
 }
 
 // New builds a broker.
@@ -257,11 +306,11 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	}
 	c.grant = grant
 	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
-	id := c.key.ID()
-	if v, ok := b.keyInfo.Load(id); ok && v.(*keyInfo).grantID == grant.ID {
-		v.(*keyInfo).lastSeen.Store(b.now().UnixNano())
+	var idBuf [256]byte
+	if ki := b.keyInfo.lookup(c.key.AppendID(idBuf[:0])); ki != nil && ki.grantID == grant.ID {
+		ki.seen(b.now())
 	} else {
-		b.keyInfo.Store(id, newKeyInfo(c.key, req.claims, grant.ID, b.now()))
+		b.keyInfo.store(c.key.ID(), newKeyInfo(c.key, req.claims, grant.ID, b.now()))
 	}
 	return nil
 }
@@ -322,13 +371,12 @@ func (b *Broker) fetchError(ctx context.Context, err error) error {
 
 // Fetch is the cache's Fetcher: one IdP exchange for a key.
 func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
-	v, ok := b.keyInfo.Load(k.ID())
+	info, ok := b.keyInfo.load(k.ID())
 	if !ok {
 		// A key with no live grant (revoked while this fetch was queued, or restored after the grant went away): refuse
 		// rather than mint.
 		return cache.Token{}, ErrGrantGone
 	}
-	info := v.(*keyInfo)
 	var res entra.Result
 	var err error
 	if k.Mode == "app" {
@@ -350,12 +398,7 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 
 // ForgetGrant drops refresh bookkeeping for keys derived from a revoked grant.
 func (b *Broker) ForgetGrant(grantID string) {
-	b.keyInfo.Range(func(k, v any) bool {
-		if v.(*keyInfo).grantID == grantID {
-			b.keyInfo.Delete(k)
-		}
-		return true
-	})
+	b.keyInfo.deleteIf(func(ki *keyInfo) bool { return ki.grantID == grantID })
 }
 
 // WatchToken implements AgentIdentity.WatchToken.
@@ -451,13 +494,13 @@ func prefix(h string) string {
 
 // Remember records what a refresh of a restored key needs.
 func (b *Broker) Remember(k cache.Key, grantID, claims string) {
-	b.keyInfo.Store(k.ID(), newKeyInfo(k, claims, grantID, b.now()))
+	b.keyInfo.store(k.ID(), newKeyInfo(k, claims, grantID, b.now()))
 }
 
 // ClaimsFor returns the raw claims a key was minted for ("" for none).
 func (b *Broker) ClaimsFor(k cache.Key) string {
-	if v, ok := b.keyInfo.Load(k.ID()); ok {
-		return v.(*keyInfo).claims
+	if ki, ok := b.keyInfo.load(k.ID()); ok {
+		return ki.claims
 	}
 	return ""
 }

@@ -42,7 +42,10 @@ func (k Key) ID() string {
 	return string(appendID(nil, k))
 }
 
-// appendID writes ID into b. Lookup calls it with a stack buffer, which keeps the fast path free of allocations.
+// AppendID appends ID to b. With a stack buffer it keeps a lookup by ID free of allocations (a map index expression
+// string(b) does not copy).
+func (k Key) AppendID(b []byte) []byte { return appendID(b, k) }
+
 func appendID(b []byte, k Key) []byte {
 	b = appendField(b, k.UserOID)
 	b = append(b, 0)

@@ -192,6 +192,7 @@ func run(ctx context.Context, o Options) error {
 	}
 	d.endpoint = endpoint
 
+	const localWindow = 1 << 20
 	srv := grpc.NewServer(
 		grpc.Creds(ipc.ServerCredentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
@@ -199,6 +200,9 @@ func run(ctx context.Context, o Options) error {
 		// stack through the interceptors and the broker on every cached GetToken. Bursts beyond the pool still get
 		// goroutines of their own.
 		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		// A fixed window turns off bandwidth-delay estimation pings, which a local socket gains nothing from.
+		grpc.InitialWindowSize(localWindow),
+		grpc.InitialConnWindowSize(localWindow),
 		grpc.ChainUnaryInterceptor(ipc.UnaryGuard(), d.adminGateUnary),
 		grpc.ChainStreamInterceptor(ipc.StreamGuard(), d.adminGateStream),
 	)
