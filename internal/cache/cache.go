@@ -172,6 +172,14 @@ type Options struct {
 	// MaxConcurrentRefresh caps background refreshes in flight, so a thousand tokens due at once cannot become a storm.
 	// Default 4.
 	MaxConcurrentRefresh int
+	// MaxPerAgent caps how many tokens one agent may have cached. Storing one more evicts that agent's least recently
+	// used token that nobody watches and no refresh is fetching. Without a cap a local agent could make the daemon hold
+	// a token for every claims challenge or scope set it cares to ask for. Default 1,000; negative: no cap.
+	MaxPerAgent int
+	// OnDropped runs with the keys whose tokens left the cache without a purge (expired, or evicted by MaxPerAgent), in
+	// batches, from the scheduler goroutine, with no cache lock held: the owner drops its persisted copies. A key may have
+	// been stored again since; re-check with Peek.
+	OnDropped func(keys []Key)
 	// FetchTimeout bounds each fetch, which runs detached from its callers' contexts. Default 30s.
 	FetchTimeout time.Duration
 	// After replaces time.After for the scheduler's sleeps (tests drive it with a fake clock). Default: a real timer.
@@ -201,6 +209,9 @@ const (
 	// purgeLogSize is how many recent purges in-flight fetches can be checked against. A fetch that outlives more
 	// purges than this is discarded conservatively.
 	purgeLogSize = 256
+
+	defaultRefreshWindow = 15 * time.Minute
+	defaultMaxPerAgent   = 1000
 )
 
 // Cache is the serving cache. Create it with New; it is safe for concurrent use.
@@ -212,6 +223,8 @@ type Cache struct {
 	classify     func(error) Class
 	onPermanent  func(Key, error)
 	onStored     func(Key, Token)
+	onDropped    func([]Key)
+	maxPerAgent  int
 	retryAfter   func(error) time.Duration
 	backoff      Backoff
 	fetchTimeout time.Duration
@@ -233,6 +246,8 @@ type Cache struct {
 	subs    map[string]*subGroup
 	epoch   uint64 // number of purges so far
 	purges  [purgeLogSize]purgeRec
+
+	dropped []Key // left the cache without a purge, for onDropped; the scheduler hands them over
 
 	online       bool
 	failures     int // consecutive transient fetch failures, for the offline retry hint
@@ -274,6 +289,8 @@ func New(o Options) *Cache {
 		classify:     o.Classify,
 		onPermanent:  o.OnPermanent,
 		onStored:     o.OnStored,
+		onDropped:    o.OnDropped,
+		maxPerAgent:  o.MaxPerAgent,
 		retryAfter:   o.RetryAfter,
 		backoff:      o.Backoff,
 		fetchTimeout: o.FetchTimeout,
@@ -292,7 +309,7 @@ func New(o Options) *Cache {
 		c.now = time.Now
 	}
 	if c.window <= 0 {
-		c.window = 15 * time.Minute
+		c.window = defaultRefreshWindow
 	}
 	switch {
 	case c.jitter == 0:
@@ -310,6 +327,9 @@ func New(o Options) *Cache {
 	}
 	if c.backoff.Max < c.backoff.Min {
 		c.backoff.Max = max(5*time.Minute, c.backoff.Min)
+	}
+	if c.maxPerAgent == 0 {
+		c.maxPerAgent = defaultMaxPerAgent
 	}
 	if c.fetchTimeout <= 0 {
 		c.fetchTimeout = 30 * time.Second
@@ -532,6 +552,11 @@ func (c *Cache) storeLocked(k Key, id string, tok Token, now time.Time, used boo
 		c.entries[id] = e
 		addIndex(c.byUser, k.UserOID, e)
 		addIndex(c.byAgent, k.AgentAppID, e)
+		for c.maxPerAgent > 0 && len(c.byAgent[k.AgentAppID]) > c.maxPerAgent {
+			if !c.evictLocked(k.AgentAppID, e) {
+				break
+			}
+		}
 	} else if e.tok.GrantID != tok.GrantID {
 		delIndex(c.byGrant, e.tok.GrantID, e)
 	}
@@ -547,6 +572,55 @@ func (c *Cache) storeLocked(k Key, id string, tok Token, now time.Time, used boo
 	}
 	c.scheduleLocked(e, c.refreshDue(&e.tok, now))
 	c.notifyLocked(id, Event{Token: &tok})
+}
+
+// SetLimits changes RefreshWindow and MaxPerAgent (config reload); zero means the default, as in Options. An agent
+// above a lowered cap is brought down to it when it next stores a token.
+func (c *Cache) SetLimits(refreshWindow time.Duration, maxPerAgent int) {
+	if refreshWindow <= 0 {
+		refreshWindow = defaultRefreshWindow
+	}
+	if maxPerAgent == 0 {
+		maxPerAgent = defaultMaxPerAgent
+	}
+	c.mu.Lock()
+	c.window, c.maxPerAgent = refreshWindow, maxPerAgent
+	c.mu.Unlock()
+}
+
+// evictLocked removes the agent's least recently used token other than keep, skipping tokens someone watches or a
+// refresh is fetching (their owners are busy with them). Never-used tokens (restored at start) go first, then the
+// oldest use, then the soonest expiry. If every candidate is skipped (it reports false) the agent stays over its cap
+// until one frees up.
+func (c *Cache) evictLocked(agentAppID string, keep *entry) bool {
+	var victim *entry
+	for _, e := range c.byAgent[agentAppID] {
+		if e == keep || e.heapIdx < 0 {
+			continue
+		}
+		if g := c.subs[e.id]; g != nil && len(g.subs) > 0 {
+			continue
+		}
+		if victim == nil || lessRecentlyUsed(e, victim) {
+			victim = e
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	c.removeLocked(victim, Event{Reason: "evicted"})
+	if c.onDropped != nil {
+		c.dropped = append(c.dropped, victim.key)
+		c.signal()
+	}
+	return true
+}
+
+func lessRecentlyUsed(a, b *entry) bool {
+	if ua, ub := a.lastUsed.Load(), b.lastUsed.Load(); ua != ub {
+		return ua < ub
+	}
+	return a.tok.ExpiresAt.Before(b.tok.ExpiresAt)
 }
 
 // refreshDue picks the jittered refresh time: RefreshAt ± Jitter × (time until RefreshAt), never in the second half of

@@ -301,6 +301,7 @@ func TestRefreshSpreadAndConcurrencyCap(t *testing.T) {
 	h := newHarness(t, true, func(o *Options) {
 		o.RefreshWindow = 24 * time.Hour
 		o.MaxConcurrentRefresh = maxConc
+		o.MaxPerAgent = -1 // all n keys belong to one agent
 	})
 	h.idp.life = time.Hour
 	h.idp.delay = 200 * time.Microsecond

@@ -73,7 +73,10 @@ func (c *Cache) run(ctx context.Context) {
 		defer timer.Stop()
 	}
 	for {
-		wait := c.step(ctx)
+		wait, dropped := c.step(ctx)
+		if len(dropped) > 0 && c.onDropped != nil {
+			c.onDropped(dropped)
+		}
 		var fire <-chan time.Time
 		if timer != nil {
 			timer.Reset(wait)
@@ -90,11 +93,19 @@ func (c *Cache) run(ctx context.Context) {
 	}
 }
 
-// step performs every action that is due and returns how long to sleep before the next one.
-func (c *Cache) step(ctx context.Context) time.Duration {
+// step performs every action that is due and returns how long to sleep before the next one, and the keys that left the
+// cache without a purge since the last step (for OnDropped, which the caller runs without the lock).
+func (c *Cache) step(ctx context.Context) (time.Duration, []Key) {
 	now := c.wallNow()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	wait := c.stepLocked(ctx, now)
+	dropped := c.dropped
+	c.dropped = nil
+	return wait, dropped
+}
+
+func (c *Cache) stepLocked(ctx context.Context, now time.Time) time.Duration {
 	for len(c.heap) > 0 {
 		e := c.heap[0]
 		if e.due.After(now) {
@@ -102,6 +113,9 @@ func (c *Cache) step(ctx context.Context) time.Duration {
 		}
 		if !usable(&e.tok, now, 0) {
 			c.removeLocked(e, Event{Reason: "expired"})
+			if c.onDropped != nil {
+				c.dropped = append(c.dropped, e.key)
+			}
 			continue
 		}
 		if e.interaction || !c.wantedLocked(e, now) {

@@ -37,6 +37,9 @@ type Config struct {
 	MinTTL Duration `toml:"min_ttl"`
 	// RefreshWindow: only tokens used within it are refreshed ahead of expiry.
 	RefreshWindow Duration `toml:"refresh_window"`
+	// MaxTokensPerAgent caps the tokens one agent may have cached (and persisted); its least recently used one is
+	// evicted to make room.
+	MaxTokensPerAgent int `toml:"max_tokens_per_agent"`
 	// ConsentWaitMax caps how long GetToken may wait for a consent decision.
 	ConsentWaitMax Duration `toml:"consent_wait_max"`
 	// DenyCooldown: how long a denied consent is remembered.
@@ -157,6 +160,9 @@ func (c *Config) applyDefaults() error {
 	if c.RefreshWindow.Duration == 0 {
 		c.RefreshWindow.Duration = 15 * time.Minute
 	}
+	if c.MaxTokensPerAgent == 0 {
+		c.MaxTokensPerAgent = 1000
+	}
 	if c.ConsentWaitMax.Duration == 0 {
 		c.ConsentWaitMax.Duration = 2 * time.Minute
 	}
@@ -202,6 +208,9 @@ func (c *Config) validate() error {
 	}
 	if c.RateLimit < 0 || c.Burst < 0 {
 		errs = append(errs, errors.New("rate_limit and burst must not be negative"))
+	}
+	if c.MaxTokensPerAgent < 0 {
+		errs = append(errs, errors.New("max_tokens_per_agent must be positive (default 1000)"))
 	}
 	seen := map[string]bool{}
 	for i, a := range c.Agents {

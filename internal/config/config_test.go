@@ -28,7 +28,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.UserScope != "api://a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d/access_as_user" || c.SecretStore != "os" ||
-		c.MinTTL.Duration != time.Minute || c.RefreshWindow.Duration != 15*time.Minute || c.DenyCooldown.Duration != 10*time.Minute {
+		c.MinTTL.Duration != time.Minute || c.RefreshWindow.Duration != 15*time.Minute || c.DenyCooldown.Duration != 10*time.Minute || c.MaxTokensPerAgent != 1000 {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.StateDir != filepath.FromSlash("/home/u/.config/agentidd/state") {
@@ -47,6 +47,7 @@ func TestParseRefusals(t *testing.T) {
 		{"bad client id", strings.Replace(base, "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a", "nope", 1), "client_id"},
 		{"bad secret store", base + "secret_store = \"clear\"\n", "secret_store"},
 		{"negative duration", base + "min_ttl = \"-1s\"\n", "negative"},
+		{"negative token cap", base + "max_tokens_per_agent = -1\n", "max_tokens_per_agent"},
 		{"relative exe", base + strings.Replace(agent, "/opt/mail/bin/mail", "mail", 1), "absolute path"},
 		{"short hash", base + strings.Replace(agent, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "abc", 1), "64 lower-case hex"},
 		{"duplicate agent", base + agent + agent, "defined twice"},

@@ -426,6 +426,17 @@ func (m *Manager) capped(d time.Duration) time.Duration {
 	return min(d, m.o.MaxGrant)
 }
 
+// SetDenyCooldown changes how long denials decided from now on are remembered (config reload); denials already
+// remembered keep their end. Zero or less means the default.
+func (m *Manager) SetDenyCooldown(d time.Duration) {
+	if d <= 0 {
+		d = defaultDenyCooldown
+	}
+	m.mu.Lock()
+	m.o.DenyCooldown = d
+	m.mu.Unlock()
+}
+
 func (m *Manager) notAfter(now time.Time, d time.Duration) time.Time {
 	if d == TaskOnly {
 		return now.Add(min(TaskOnlyCap, m.o.MaxGrant))

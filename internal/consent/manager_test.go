@@ -345,6 +345,32 @@ func TestDenyCooldown(t *testing.T) {
 	}
 }
 
+// TestSetDenyCooldown: a reloaded cool-down applies to denials decided after it; one already remembered keeps its end.
+func TestSetDenyCooldown(t *testing.T) {
+	fp := newFakePrompter()
+	m, c := newTestManager(t, Options{Prompter: fp, DenyCooldown: 10 * time.Minute})
+	ctx := context.Background()
+	fp.answers <- platform.PromptDeny
+	var de *DeniedError
+	if _, err := m.Check(ctx, baseReq(), 5*time.Second); !errors.As(err, &de) || !de.Remembered {
+		t.Fatalf("err = %v, want a remembered denial", err)
+	}
+	first := de.Until
+	m.SetDenyCooldown(time.Minute)
+	other := baseReq()
+	other.Resource = "api://x"
+	fp.answers <- platform.PromptDeny
+	if _, err := m.Check(ctx, other, 5*time.Second); !errors.As(err, &de) || !de.Remembered {
+		t.Fatalf("err = %v, want a remembered denial", err)
+	}
+	if got := de.Until.Sub(c.Now()); got != time.Minute {
+		t.Errorf("a denial after SetDenyCooldown(1m) is remembered for %v", got)
+	}
+	if _, err := m.Check(ctx, baseReq(), 0); !errors.As(err, &de) || !de.Until.Equal(first) {
+		t.Errorf("the earlier denial: %v (until %v), want it kept until %v", err, de.Until, first)
+	}
+}
+
 func TestResetDeniesClears(t *testing.T) {
 	m, _ := newTestManager(t, Options{})
 	ctx := context.Background()

@@ -151,7 +151,13 @@ func run(ctx context.Context, o Options) error {
 				d.tokens.saveIfCurrent(d.cache, k, t, b.ClaimsFor(k))
 			}
 		},
+		OnDropped: func(keys []cache.Key) {
+			if d.store != nil {
+				d.tokens.forget(d.cache, keys)
+			}
+		},
 		RefreshWindow: cfg.RefreshWindow.Duration,
+		MaxPerAgent:   cfg.MaxTokensPerAgent,
 		Classify:      classifyForCache,
 		RetryAfter:    func(err error) time.Duration { return entra.Classify(err).RetryAfter },
 		OnPermanent:   d.onPermanent,

@@ -82,6 +82,27 @@ func (t *tokenStore) saveIfCurrent(c *cache.Cache, k cache.Key, tok cache.Token,
 	}
 }
 
+// forget deletes the persisted copies of keys that left the cache on their own (expired, or evicted over the per-agent
+// cap), in one transaction. A key that was stored again in the meantime is kept.
+func (t *tokenStore) forget(c *cache.Cache, keys []cache.Key) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	err := t.st.Update(func(tx *store.Tx) error {
+		for _, k := range keys {
+			if _, cached := c.Peek(k); cached {
+				continue
+			}
+			if err := tx.Delete(bucketTokens, k.ID()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.log.Warn("could not delete dropped tokens from the store; they are deleted at the next start", "err", err)
+	}
+}
+
 func (t *tokenStore) remove(k cache.Key) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

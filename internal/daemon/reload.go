@@ -79,6 +79,8 @@ func (d *Daemon) reload() {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.broker.SetConfig(cfg)
+	d.cache.SetLimits(cfg.RefreshWindow.Duration, cfg.MaxTokensPerAgent)
+	d.consent.SetDenyCooldown(cfg.DenyCooldown.Duration)
 	d.log.Info("config reloaded", "agents", len(cfg.Agents))
 }
 

@@ -337,6 +337,31 @@ func (e *env) tokenWithApproval(c *client.Conn, scopes ...string) *client.Issued
 	return r.tok
 }
 
+// editConfig rewrites the config file the way editors and config tools do (a new file renamed over the old one) and
+// waits until the daemon has reloaded it.
+func (e *env) editConfig(edit func(string) string) {
+	e.t.Helper()
+	before := strings.Count(e.log.String(), `msg="config reloaded"`)
+	raw, err := os.ReadFile(e.config)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tmp := e.config + ".new"
+	if err := os.WriteFile(tmp, []byte(edit(string(raw))), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, e.config); err != nil {
+		e.t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(e.log.String(), `msg="config reloaded"`) == before {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the daemon did not reload its config:\n%s", e.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (e *env) counters() emutest.Counters {
 	e.t.Helper()
 	c, err := e.emu.Counters()

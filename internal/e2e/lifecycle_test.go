@@ -565,3 +565,93 @@ func TestLifecycleRefreshStorm(t *testing.T) {
 		}
 	}
 }
+
+// TestLifecycleTokenCapPerAgent: an agent over max_tokens_per_agent loses its least recently used token, in memory and
+// in the encrypted store, so a restart restores only what the cap allows.
+func TestLifecycleTokenCapPerAgent(t *testing.T) {
+	dirFile, err := filepath.Abs(filepath.Join("testdata", "lifecycle-directory.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{extraConfig: lifecycleNoRateLimit + "\nmax_tokens_per_agent = 3", directory: dirFile})
+	c := lifecycleReady(t, e) // key 0: every lifecycle scope
+	all := lifecycleScopes
+	s1, s2, s3 := lifecycleScopes[:1], lifecycleScopes[1:2], lifecycleScopes[2:3]
+	get := func(c *client.Conn, scopes []string, wantCached bool) {
+		t.Helper()
+		tok, err := c.Token(context.Background(), testAgent, scopes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.FromCache != wantCached {
+			t.Errorf("token for %v: from cache %v, want %v", scopes, tok.FromCache, wantCached)
+		}
+	}
+	get(c, s1, false)
+	get(c, s2, false)
+	get(c, s3, false) // a fourth key: the least recently used, every scope, is evicted
+	if out := e.cli("status"); !strings.Contains(out, "cached tokens: 3") {
+		t.Errorf("status after four keys under a cap of three:\n%s", out)
+	}
+	get(c, s3, true)
+	obos := lifecycleOBOs(t, e)
+	get(c, all, false) // evicted, so fetched again; now s1 is the least recently used and goes
+	if got := lifecycleOBOs(t, e) - obos; got != 1 {
+		t.Errorf("%d OBO exchanges for the evicted key, want 1", got)
+	}
+
+	// The scheduler deletes evicted tokens from the store right after the eviction; give it a moment before stopping.
+	time.Sleep(200 * time.Millisecond)
+	e.stopDaemon()
+	e.startDaemon()
+	if !strings.Contains(e.log.String(), `msg="restored served tokens from the encrypted store" count=3`) {
+		t.Errorf("restart did not restore exactly the three cached tokens:\n%s", e.log.String())
+	}
+	c = e.conn()
+	get(c, s2, true)
+	get(c, all, true)
+	get(c, s1, false)
+}
+
+// TestConfigReloadLive: limits edited in the config file take effect without a restart: a lowered token cap evicts
+// down to it at the agent's next new token, and a lowered rate limit refuses the next burst.
+func TestConfigReloadLive(t *testing.T) {
+	dirFile, err := filepath.Abs(filepath.Join("testdata", "lifecycle-directory.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{extraConfig: lifecycleNoRateLimit + "\nmax_tokens_per_agent = 3", directory: dirFile})
+	c := lifecycleReady(t, e)
+	for _, scopes := range [][]string{lifecycleScopes[:1], lifecycleScopes[1:2]} {
+		if _, err := c.Token(context.Background(), testAgent, scopes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := e.cli("status"); !strings.Contains(out, "cached tokens: 3") {
+		t.Fatalf("status before the reload:\n%s", out)
+	}
+
+	e.editConfig(func(cfg string) string {
+		return strings.Replace(cfg, "max_tokens_per_agent = 3", "max_tokens_per_agent = 1", 1)
+	})
+	if _, err := c.Token(context.Background(), testAgent, lifecycleScopes[2:3]); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.cli("status"); !strings.Contains(out, "cached tokens: 1") {
+		t.Errorf("status after lowering max_tokens_per_agent to 1:\n%s", out)
+	}
+
+	e.editConfig(func(cfg string) string {
+		return strings.Replace(cfg, lifecycleNoRateLimit, "rate_limit = 1.0\nburst = 1", 1)
+	})
+	var limited error
+	for range 3 {
+		if _, err := c.Token(context.Background(), testAgent, lifecycleScopes[2:3]); err != nil {
+			limited = err
+			break
+		}
+	}
+	if status.Code(limited) != codes.ResourceExhausted {
+		t.Errorf("three calls at once after lowering rate_limit to 1/s: %v, want RESOURCE_EXHAUSTED", limited)
+	}
+}
