@@ -11,15 +11,20 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/agentidd/agentidd/internal/fsutil"
 )
 
 const (
 	defaultFlushInterval = 200 * time.Millisecond
 	defaultBufferSize    = 64 << 10
+	defaultMaxSize       = 64 << 20
+	defaultKeep          = 8
 	hashSep              = `,"hash":"`
 	tailChunk            = 64 << 10
 )
@@ -35,7 +40,12 @@ type Options struct {
 	Now           func() time.Time // default time.Now
 	FlushInterval time.Duration    // default 200ms
 	BufferSize    int              // default 64 KiB
-	Log           *slog.Logger
+	// MaxSize rotates the file before it grows past this many bytes: it becomes <path>.1 (older files shift to .2, .3,
+	// …) and a new file continues the same chain. Default 64 MiB.
+	MaxSize int64
+	// Keep is how many rotated files are kept; older ones are deleted. Default 8.
+	Keep int
+	Log  *slog.Logger
 }
 
 // Log appends records to one file. Append is safe for concurrent use and
@@ -49,6 +59,7 @@ type Log struct {
 	log  *slog.Logger
 	f    *os.File
 	path string
+	size int64 // bytes in f; the writer's, under writeMu
 
 	mu      sync.Mutex
 	cur     []byte   // encoded lines not yet handed to the writer
@@ -79,6 +90,12 @@ func Open(path string, o Options) (*Log, error) {
 	}
 	if o.BufferSize <= 0 {
 		o.BufferSize = defaultBufferSize
+	}
+	if o.MaxSize <= 0 {
+		o.MaxSize = defaultMaxSize
+	}
+	if o.Keep <= 0 {
+		o.Keep = defaultKeep
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -125,17 +142,83 @@ func (l *Log) recover() error {
 		l.dropped = torn
 		l.log.Warn("audit log had a torn last line (crash mid-write); truncated it", "path", l.path, "bytes", torn)
 	}
+	l.size = fi.Size() - torn
 	copy(l.head[:], genesis)
+	from := l.path
 	if len(lines) == 0 {
-		return nil
+		// A new file after a rotation (or a crash right after one) continues the chain of the file rotated away.
+		if lines, err = tailOf(segmentPath(l.path, 1), 1); err != nil || len(lines) == 0 {
+			return err
+		}
+		from = segmentPath(l.path, 1)
 	}
 	seq, hash, _, err := checkLine(lines[0])
 	if err != nil {
-		return fmt.Errorf("audit: last line of %s is damaged (run `agentidd audit verify`): %w", l.path, err)
+		return fmt.Errorf("audit: last line of %s is damaged (run `agentidd audit verify`): %w", from, err)
 	}
 	l.seq = seq
 	copy(l.head[:], hash)
 	return nil
+}
+
+// segmentPath names rotated file i (1 = the newest rotated); 0 is the live file.
+func segmentPath(path string, i int) string {
+	if i == 0 {
+		return path
+	}
+	return path + "." + strconv.Itoa(i)
+}
+
+// tailOf returns the last n complete lines of a file; none if it does not exist.
+func tailOf(path string, n int) ([][]byte, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("audit: stat: %w", err)
+	}
+	lines, _, err := readTail(f, fi.Size(), n)
+	return lines, err
+}
+
+// rotate moves the live file to <path>.1 (shifting older ones, deleting what is beyond Keep) and continues in a new
+// file. It runs under writeMu. A failure leaves the live file in place: the log keeps growing rather than lose records.
+func (l *Log) rotate() {
+	if err := l.f.Sync(); err != nil {
+		l.log.Warn("audit rotation skipped: fsync failed", "err", err)
+		return
+	}
+	if err := os.Remove(segmentPath(l.path, l.o.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.log.Warn("audit rotation: could not delete the oldest file", "err", err)
+	}
+	for i := l.o.Keep - 1; i >= 1; i-- {
+		if err := os.Rename(segmentPath(l.path, i), segmentPath(l.path, i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.log.Warn("audit rotation skipped", "err", err)
+			return
+		}
+	}
+	if err := os.Rename(l.path, segmentPath(l.path, 1)); err != nil {
+		l.log.Warn("audit rotation skipped", "err", err)
+		return
+	}
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		// Put the live file back; the chain goes on in it.
+		if rerr := os.Rename(segmentPath(l.path, 1), l.path); rerr != nil {
+			l.log.Error("audit rotation failed and the live file could not be put back; records continue in "+segmentPath(l.path, 1), "err", rerr)
+		}
+		l.log.Warn("audit rotation skipped", "err", err)
+		return
+	}
+	fsutil.SyncDir(filepath.Dir(l.path))
+	_ = l.f.Close()
+	l.f, l.size = f, 0
 }
 
 // Dropped reports how many bytes of a torn last line Open removed.
@@ -189,6 +272,11 @@ func (l *Log) Append(r Record) (string, error) {
 func (l *Log) write() error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
+	return l.writeLocked()
+}
+
+// writeLocked is write under writeMu, which also guards f and size.
+func (l *Log) writeLocked() error {
 	l.mu.Lock()
 	if l.err != nil {
 		defer l.mu.Unlock()
@@ -203,7 +291,11 @@ func (l *Log) write() error {
 		l.mu.Unlock()
 		return nil
 	}
-	_, err := l.f.Write(buf)
+	if l.size > 0 && l.size+int64(len(buf)) > l.o.MaxSize {
+		l.rotate()
+	}
+	n, err := l.f.Write(buf)
+	l.size += int64(n)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.spare = buf[:0]
@@ -237,7 +329,9 @@ func (l *Log) Sync() error {
 }
 
 func (l *Log) syncNow() error {
-	if err := l.write(); err != nil {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if err := l.writeLocked(); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -289,16 +383,22 @@ func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
 	err := l.syncNow()
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	return errors.Join(err, l.f.Close())
 }
 
-// LineError names the first line that fails verification (1-based).
+// LineError names the first line that fails verification: the file (the live log or a rotated one) and the line in it
+// (1-based).
 type LineError struct {
+	File   string
 	Line   int
 	Reason string
 }
 
-func (e *LineError) Error() string { return fmt.Sprintf("audit: line %d: %s", e.Line, e.Reason) }
+func (e *LineError) Error() string {
+	return fmt.Sprintf("audit: %s line %d: %s", e.File, e.Line, e.Reason)
+}
 
 // checkLine checks one line's own hash and returns its seq, hash and prev.
 func checkLine(line []byte) (seq uint64, hash, prev []byte, err error) {
@@ -323,9 +423,10 @@ func checkLine(line []byte) (seq uint64, hash, prev []byte, err error) {
 	return r.Seq, hash, []byte(r.Prev), nil
 }
 
-// Verify walks the whole chain and returns the number of good lines. The
-// error, a *LineError, names the first bad line: edited, reordered,
-// removed (the next line's prev no longer matches) or torn.
+// Verify walks the whole chain, through the rotated files still kept (oldest first) and the live file, and returns the
+// number of good lines. The error, a *LineError, names the first bad line: edited, reordered, removed (the next line's
+// prev no longer matches) or torn. Without rotated files the chain must start at seq 1; with them, the oldest kept file
+// starts wherever rotation left it, because what came before was deleted by retention.
 func Verify(path string) (int, error) {
 	return verify(path, 0, "")
 }
@@ -340,50 +441,83 @@ func VerifyAnchor(path string, anchorSeq uint64, anchorHash string) (int, error)
 	return verify(path, anchorSeq, anchorHash)
 }
 
+// segments lists the log's files oldest first: the rotated ones still kept, then the live file.
+func segments(path string) []string {
+	var files []string
+	for i := 1; ; i++ {
+		if _, err := os.Stat(segmentPath(path, i)); err != nil {
+			break
+		}
+		files = append(files, segmentPath(path, i))
+	}
+	slices.Reverse(files)
+	return append(files, path)
+}
+
+// chainWalk carries the chain from one file into the next.
+type chainWalk struct {
+	prev       []byte
+	nextSeq    uint64 // 0 until the first line fixes it
+	anchorSeq  uint64
+	anchorHash string
+	anchored   bool
+	n          int
+}
+
 func verify(path string, anchorSeq uint64, anchorHash string) (int, error) {
+	files := segments(path)
+	w := chainWalk{prev: slices.Clone(genesis), anchorSeq: anchorSeq, anchorHash: anchorHash}
+	if len(files) == 1 {
+		w.nextSeq = 1
+	}
+	for _, file := range files {
+		if err := w.file(file); err != nil {
+			return w.n, err
+		}
+	}
+	if anchorSeq != 0 && !w.anchored {
+		return w.n, &LineError{File: path, Line: w.n + 1, Reason: fmt.Sprintf("log ends before the anchored line %d (truncated)", anchorSeq)}
+	}
+	return w.n, nil
+}
+
+func (w *chainWalk) file(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("audit: %w", err)
+		return fmt.Errorf("audit: %w", err)
 	}
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 256<<10)
-	prev := slices.Clone(genesis)
-	n := 0
-	anchored := false
-	for {
+	for lineNo := 1; ; lineNo++ {
 		line, err := r.ReadBytes('\n')
 		if len(line) == 0 && errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
-			return n, fmt.Errorf("audit: read: %w", err)
+			return fmt.Errorf("audit: read: %w", err)
 		}
-		lineNo := n + 1
 		if line[len(line)-1] != '\n' {
-			return n, &LineError{Line: lineNo, Reason: "incomplete last line (torn write)"}
+			return &LineError{File: path, Line: lineNo, Reason: "incomplete last line (torn write)"}
 		}
 		seq, hash, p, cerr := checkLine(line[:len(line)-1])
 		switch {
 		case cerr != nil:
-			return n, &LineError{Line: lineNo, Reason: cerr.Error()}
-		case seq != uint64(lineNo):
-			return n, &LineError{Line: lineNo, Reason: fmt.Sprintf("seq %d, want %d (lines removed or reordered)", seq, lineNo)}
-		case !bytes.Equal(p, prev):
-			return n, &LineError{Line: lineNo, Reason: "prev does not match the previous line's hash (chain broken)"}
+			return &LineError{File: path, Line: lineNo, Reason: cerr.Error()}
+		case w.nextSeq != 0 && seq != w.nextSeq:
+			return &LineError{File: path, Line: lineNo, Reason: fmt.Sprintf("seq %d, want %d (lines removed or reordered)", seq, w.nextSeq)}
+		case w.nextSeq != 0 && !bytes.Equal(p, w.prev):
+			return &LineError{File: path, Line: lineNo, Reason: "prev does not match the previous line's hash (chain broken)"}
 		}
-		if anchorSeq == seq {
-			if string(hash) != anchorHash {
-				return n, &LineError{Line: lineNo, Reason: "hash differs from the anchored head (log rewritten)"}
+		if w.anchorSeq == seq {
+			if string(hash) != w.anchorHash {
+				return &LineError{File: path, Line: lineNo, Reason: "hash differs from the anchored head (log rewritten)"}
 			}
-			anchored = true
+			w.anchored = true
 		}
-		prev = append(prev[:0], hash...)
-		n++
+		w.prev = append(w.prev[:0], hash...)
+		w.nextSeq = seq + 1
+		w.n++
 	}
-	if anchorSeq != 0 && !anchored {
-		return n, &LineError{Line: n + 1, Reason: fmt.Sprintf("log ends before the anchored line %d (truncated)", anchorSeq)}
-	}
-	return n, nil
 }
 
 // Tail returns the last n complete records, oldest first. It does not
@@ -404,6 +538,12 @@ func Tail(path string, n int) ([]Record, error) {
 	lines, _, err := readTail(f, fi.Size(), n)
 	if err != nil {
 		return nil, err
+	}
+	if len(lines) < n {
+		// Right after a rotation the live file is short; the rest is in the newest rotated file.
+		if older, err := tailOf(segmentPath(path, 1), n-len(lines)); err == nil {
+			lines = append(older, lines...)
+		}
 	}
 	out := make([]Record, 0, len(lines))
 	for _, line := range lines {

@@ -40,6 +40,9 @@ type Config struct {
 	// MaxTokensPerAgent caps the tokens one agent may have cached (and persisted); its least recently used one is
 	// evicted to make room.
 	MaxTokensPerAgent int `toml:"max_tokens_per_agent"`
+	// AuditMaxMB rotates the audit log before it passes this many MiB; AuditKeep rotated files are kept.
+	AuditMaxMB int `toml:"audit_max_mb"`
+	AuditKeep  int `toml:"audit_keep"`
 	// ConsentWaitMax caps how long GetToken may wait for a consent decision.
 	ConsentWaitMax Duration `toml:"consent_wait_max"`
 	// DenyCooldown: how long a denied consent is remembered.
@@ -163,6 +166,12 @@ func (c *Config) applyDefaults() error {
 	if c.MaxTokensPerAgent == 0 {
 		c.MaxTokensPerAgent = 1000
 	}
+	if c.AuditMaxMB == 0 {
+		c.AuditMaxMB = 64
+	}
+	if c.AuditKeep == 0 {
+		c.AuditKeep = 8
+	}
 	if c.ConsentWaitMax.Duration == 0 {
 		c.ConsentWaitMax.Duration = 2 * time.Minute
 	}
@@ -208,6 +217,9 @@ func (c *Config) validate() error {
 	}
 	if c.RateLimit < 0 || c.Burst < 0 {
 		errs = append(errs, errors.New("rate_limit and burst must not be negative"))
+	}
+	if c.AuditMaxMB < 0 || c.AuditKeep < 0 {
+		errs = append(errs, errors.New("audit_max_mb and audit_keep must be positive (defaults 64 and 8)"))
 	}
 	if c.MaxTokensPerAgent < 0 {
 		errs = append(errs, errors.New("max_tokens_per_agent must be positive (default 1000)"))

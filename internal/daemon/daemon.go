@@ -130,7 +130,8 @@ func run(ctx context.Context, o Options) error {
 		}
 	}
 
-	if d.audit, err = audit.Open(filepath.Join(cfg.StateDir, "audit.jsonl"), audit.Options{}); err != nil {
+	if d.audit, err = audit.Open(filepath.Join(cfg.StateDir, "audit.jsonl"),
+		audit.Options{MaxSize: int64(cfg.AuditMaxMB) << 20, Keep: cfg.AuditKeep}); err != nil {
 		return fmt.Errorf("opening audit log: %w", err)
 	}
 	defer d.audit.Close()

@@ -65,8 +65,9 @@ func (d *Daemon) reload() {
 	}
 	old := d.config()
 	if cfg.Authority != old.Authority || cfg.ClientID != old.ClientID || cfg.BlueprintAppID != old.BlueprintAppID ||
-		cfg.StateDir != old.StateDir || cfg.Socket != old.Socket || cfg.SecretStore != old.SecretStore || cfg.DevCAFile != old.DevCAFile {
-		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store and dev_ca_file need a restart; keeping the last good config")
+		cfg.StateDir != old.StateDir || cfg.Socket != old.Socket || cfg.SecretStore != old.SecretStore || cfg.DevCAFile != old.DevCAFile ||
+		cfg.AuditMaxMB != old.AuditMaxMB || cfg.AuditKeep != old.AuditKeep {
+		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store, dev_ca_file, audit_max_mb and audit_keep need a restart; keeping the last good config")
 		return
 	}
 	// Agents that are gone lose their grants and tokens before the new config is in force.
