@@ -329,15 +329,21 @@ func (l *Log) Sync() error {
 }
 
 func (l *Log) syncNow() error {
+	// The fsync runs outside writeMu: Appends that fall back to writing themselves must not wait for the disk.
 	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-	if err := l.writeLocked(); err != nil {
+	err := l.writeLocked()
+	f := l.f
+	if err == nil {
+		l.mu.Lock()
+		l.synced = true // set before fsync: a write racing with it clears it again
+		l.mu.Unlock()
+	}
+	l.writeMu.Unlock()
+	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	l.synced = true // set before fsync: a write racing with it clears it again
-	l.mu.Unlock()
-	if err := l.f.Sync(); err != nil {
+	// A rotation may have closed f meanwhile; it fsynced f first.
+	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("audit: fsync: %w", err)
 	}
 	return nil
