@@ -532,16 +532,7 @@ func Tail(path string, n int) ([]Record, error) {
 	if n <= 0 {
 		return nil, nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("audit: stat: %w", err)
-	}
-	lines, _, err := readTail(f, fi.Size(), n)
+	lines, err := tailOf(path, n)
 	if err != nil {
 		return nil, err
 	}
