@@ -188,37 +188,43 @@ func tailOf(path string, n int) ([][]byte, error) {
 }
 
 // rotate moves the live file to <path>.1 (shifting older ones, deleting what is beyond Keep) and continues in a new
-// file. It runs under writeMu. A failure leaves the live file in place: the log keeps growing rather than lose records.
+// file. It runs under writeMu. The live file is closed first, because Windows cannot rename an open file; then
+// whichever file is at path is reopened: the new one, or the old one if a rename failed, so the chain goes on and no
+// record is lost either way.
 func (l *Log) rotate() {
 	if err := l.f.Sync(); err != nil {
 		l.log.Warn("audit rotation skipped: fsync failed", "err", err)
 		return
 	}
-	if err := os.Remove(segmentPath(l.path, l.o.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		l.log.Warn("audit rotation: could not delete the oldest file", "err", err)
-	}
-	for i := l.o.Keep - 1; i >= 1; i-- {
-		if err := os.Rename(segmentPath(l.path, i), segmentPath(l.path, i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			l.log.Warn("audit rotation skipped", "err", err)
-			return
-		}
-	}
-	if err := os.Rename(l.path, segmentPath(l.path, 1)); err != nil {
-		l.log.Warn("audit rotation skipped", "err", err)
-		return
-	}
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
-	if err != nil {
-		// Put the live file back; the chain goes on in it.
-		if rerr := os.Rename(segmentPath(l.path, 1), l.path); rerr != nil {
-			l.log.Error("audit rotation failed and the live file could not be put back; records continue in "+segmentPath(l.path, 1), "err", rerr)
-		}
-		l.log.Warn("audit rotation skipped", "err", err)
-		return
+	_ = l.f.Close()
+	if err := l.shiftFiles(); err != nil {
+		l.log.Warn("audit rotation skipped; the live file keeps growing", "err", err)
 	}
 	fsutil.SyncDir(filepath.Dir(l.path))
-	_ = l.f.Close()
-	l.f, l.size = f, 0
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+	}
+	if err != nil {
+		// l.f stays the closed file: the next write fails and the error sticks, as for any write error.
+		l.log.Error("audit log could not be reopened after rotation", "err", err)
+		return
+	}
+	l.f, l.size = f, fi.Size()
+}
+
+// shiftFiles deletes the oldest kept file and renames each of the others, and the live file, one number up.
+func (l *Log) shiftFiles() error {
+	if err := os.Remove(segmentPath(l.path, l.o.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for i := l.o.Keep - 1; i >= 0; i-- {
+		if err := os.Rename(segmentPath(l.path, i), segmentPath(l.path, i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Dropped reports how many bytes of a torn last line Open removed.
