@@ -121,7 +121,6 @@ type keyInfo struct {
 	key      cache.Key
 	claims   string
 	grantID  string
-	scopes   []string
 	lastSeen atomic.Int64 // unix nanoseconds of the last request for this key; see SweepKeyInfo
 }
 
@@ -134,7 +133,7 @@ const keyInfoIdle = 5 * time.Minute
 const seenEvery = int64(time.Second)
 
 func newKeyInfo(k cache.Key, claims, grantID string, now time.Time) *keyInfo {
-	ki := &keyInfo{key: k, claims: claims, grantID: grantID, scopes: k.Scopes}
+	ki := &keyInfo{key: k, claims: claims, grantID: grantID}
 	ki.lastSeen.Store(now.UnixNano())
 	return ki
 }
@@ -310,6 +309,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	if ki := b.keyInfo.lookup(c.key.AppendID(idBuf[:0])); ki != nil && ki.grantID == grant.ID {
 		ki.seen(b.now())
 	} else {
+		c.key = c.key.WithID()
 		b.keyInfo.store(c.key.ID(), newKeyInfo(c.key, req.claims, grant.ID, b.now()))
 	}
 	return nil
@@ -380,9 +380,9 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	var res entra.Result
 	var err error
 	if k.Mode == "app" {
-		res, err = b.idp.AppOnly(ctx, k.AgentAppID, info.scopes, info.claims)
+		res, err = b.idp.AppOnly(ctx, k.AgentAppID, k.Scopes, info.claims)
 	} else {
-		res, err = b.idp.OnBehalfOf(ctx, k.AgentAppID, info.scopes, info.claims)
+		res, err = b.idp.OnBehalfOf(ctx, k.AgentAppID, k.Scopes, info.claims)
 	}
 	if err != nil {
 		return cache.Token{}, err
@@ -390,7 +390,7 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	now := b.now().Round(0)
 	scopes := res.Scopes
 	if len(scopes) == 0 {
-		scopes = info.scopes
+		scopes = k.Scopes
 	}
 	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: res.ExpiresAt.Round(0), RefreshAt: res.RefreshAt.Round(0),
 		IssuedAt: now, Scopes: scopes, GrantID: info.grantID}, nil

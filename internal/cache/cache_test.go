@@ -52,6 +52,15 @@ func TestNewKey(t *testing.T) {
 	if len(k.ClaimsHash) != claimsHashLen || strings.Contains(k.ID(), "claims") {
 		t.Errorf("ClaimsHash = %q; the challenge must be hashed, not kept", k.ClaimsHash)
 	}
+	// SHA-256("claims") begins a61808fe40feb8b3433778bbc2ececca: the stored form is its first 32 hex digits.
+	if k.ClaimsHash != "a61808fe40feb8b3433778bbc2ececca" {
+		t.Errorf("ClaimsHash = %q, want the first 32 hex digits of SHA-256(claims)", k.ClaimsHash)
+	}
+	for _, key := range []Key{k, base, tests[2].k} {
+		if w := key.WithID(); w.ID() != key.ID() {
+			t.Errorf("WithID changed the ID: %q vs %q", w.ID(), key.ID())
+		}
+	}
 	if NewKey("u", "a", "obo", "r", nil, "").ClaimsHash != "" {
 		t.Error("no claims must give an empty ClaimsHash")
 	}

@@ -18,6 +18,17 @@ type Key struct {
 	Resource   string   `json:"resource"`
 	Scopes     []string `json:"scopes"`                // sorted, deduplicated, no empty strings
 	ClaimsHash string   `json:"claims_hash,omitempty"` // "" when the request carried no claims challenge
+
+	// id is ID computed once by WithID, so that every map keyed by this key's ID shares one string.
+	id string
+}
+
+// WithID returns k with its ID computed and kept. Use it for a key about to be stored: the broker's bookkeeping and the
+// cache entry then share one ~200-byte string instead of each building its own. Do not change a key's fields after
+// WithID.
+func (k Key) WithID() Key {
+	k.id = string(appendID(nil, k))
+	return k
 }
 
 // claimsHashLen is how many hex digits of SHA-256 name a claims challenge: 128 bits, ample for the handful of challenges
@@ -30,7 +41,7 @@ func NewKey(user, agent, mode, resource string, scopes []string, claims string) 
 	k := Key{UserOID: user, AgentAppID: agent, Mode: mode, Resource: resource, Scopes: normalizeScopes(scopes)}
 	if claims != "" {
 		sum := sha256.Sum256([]byte(claims))
-		k.ClaimsHash = hex.EncodeToString(sum[:])[:claimsHashLen]
+		k.ClaimsHash = hex.EncodeToString(sum[:claimsHashLen/2])
 	}
 	return k
 }
@@ -39,6 +50,9 @@ func NewKey(user, agent, mode, resource string, scopes []string, claims string) 
 // backslash inside a field is escaped, so two different keys can never share an ID (an agent cannot smuggle a separator
 // into a scope to collide with another scope set).
 func (k Key) ID() string {
+	if k.id != "" {
+		return k.id
+	}
 	return string(appendID(nil, k))
 }
 
