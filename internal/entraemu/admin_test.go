@@ -3,6 +3,7 @@ package entraemu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -169,10 +170,17 @@ func TestFaultsOverTLS(t *testing.T) {
 	}
 	// A hung request whose client gives up frees its handler.
 	admin("faults", `{"endpoint":"token","kind":"hang"}`)
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if _, err := post(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("client timeout: %v", err)
+	if resp, err := post(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		detail := ""
+		if resp != nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			detail = fmt.Sprintf(" (answered %s after %v: %q)", resp.Status, time.Since(start), body)
+		}
+		t.Fatalf("client timeout: %v%s", err, detail)
 	}
 	emu.Close()
 }
