@@ -51,7 +51,7 @@ func BenchmarkMemory10k(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		c := New(Options{})
+		c := New(Options{MaxPerAgent: -1}) // n tokens of one agent, ten times the default cap
 		now := time.Now()
 		for i := range n {
 			k := NewKey(fmt.Sprintf("0d3c5a1e-1111-2222-3333-%012d", i%50), "7f0e9c2b-aaaa-bbbb-cccc-ddddeeeeffff", "obo",
