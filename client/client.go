@@ -11,9 +11,7 @@ import (
 	"os"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/ipc"
@@ -159,46 +157,13 @@ func Token(ctx context.Context, agent string, scopes ...string) (*Issued, error)
 }
 
 // Reason returns the stable agentidd ErrorInfo reason of an error (e.g. "CONSENT_PENDING"), or "".
-func Reason(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.Reason
-		}
-	}
-	return ""
-}
+func Reason(err error) string { return ipc.ErrorInfo(err).GetReason() }
 
 // RetryDelay returns the daemon's suggested retry delay, or 0.
-func RetryDelay(err error) time.Duration {
-	st, ok := status.FromError(err)
-	if !ok {
-		return 0
-	}
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok {
-			return ri.GetRetryDelay().AsDuration()
-		}
-	}
-	return 0
-}
+func RetryDelay(err error) time.Duration { return ipc.RetryDelay(err) }
 
 // Metadata returns the ErrorInfo metadata (e.g. request_id for CONSENT_PENDING, claims for INTERACTION_REQUIRED).
-func Metadata(err error) map[string]string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return nil
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.GetMetadata()
-		}
-	}
-	return nil
-}
+func Metadata(err error) map[string]string { return ipc.ErrorInfo(err).GetMetadata() }
 
 // ErrNoDaemon is returned by helpers when no daemon answers.
 var ErrNoDaemon = errors.New("agentidd is not running: start it with `agentidd run` or install the service")

@@ -460,7 +460,7 @@ func (b *Broker) auditDenied(c *call, err error) {
 	if c == nil {
 		return
 	}
-	_, _ = b.audit.Append(b.record(c, audit.EventTokenDenied, audit.OutcomeDenied, ReasonOf(err), nil))
+	_, _ = b.audit.Append(b.record(c, audit.EventTokenDenied, audit.OutcomeDenied, ipc.ErrorInfo(err).GetReason(), nil))
 }
 
 func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token) audit.Record {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -105,7 +104,7 @@ func newFixture(tb testing.TB) *fixture {
 	f.b = b
 	// Approve once, through the same path a user takes.
 	_, err = b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
-	if ReasonOf(err) != ReasonConsentPending {
+	if reasonOf(err) != ReasonConsentPending {
 		tb.Fatalf("first call: %v", err)
 	}
 	reqs := cm.Pending()
@@ -162,8 +161,8 @@ func TestRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := f.b.GetToken(tc.ctx, tc.req)
-			if status.Code(err) != tc.code || ReasonOf(err) != tc.reason {
-				t.Errorf("got %v / %q, want %v / %q", status.Code(err), ReasonOf(err), tc.code, tc.reason)
+			if status.Code(err) != tc.code || reasonOf(err) != tc.reason {
+				t.Errorf("got %v / %q, want %v / %q", status.Code(err), reasonOf(err), tc.code, tc.reason)
 			}
 		})
 	}
@@ -186,11 +185,11 @@ func TestIdPErrorMapping(t *testing.T) {
 	}
 	for _, tc := range cases {
 		err := idpError(tc.err, 0)
-		if status.Code(err) != tc.code || ReasonOf(err) != tc.reason {
-			t.Errorf("%v: got %v / %q, want %v / %q", tc.err, status.Code(err), ReasonOf(err), tc.code, tc.reason)
+		if status.Code(err) != tc.code || reasonOf(err) != tc.reason {
+			t.Errorf("%v: got %v / %q, want %v / %q", tc.err, status.Code(err), reasonOf(err), tc.code, tc.reason)
 		}
 	}
-	if d := retryDelayOf(idpError(&entra.Error{Class: entra.ClassTransient, RetryAfter: 30 * time.Second}, time.Second)); d != 30*time.Second {
+	if d := ipc.RetryDelay(idpError(&entra.Error{Class: entra.ClassTransient, RetryAfter: 30 * time.Second}, time.Second)); d != 30*time.Second {
 		t.Errorf("Retry-After not honoured: %v", d)
 	}
 }
@@ -207,8 +206,8 @@ func TestTransientErrorKeepsServingCachedToken(t *testing.T) {
 	}
 	forced := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}, ForceRefresh: true}
 	_, err := f.b.GetToken(peerCtx(testPID, testStart), forced)
-	if status.Code(err) != codes.Unavailable || retryDelayOf(err) <= 0 {
-		t.Errorf("forced refresh with the IdP down: %v (retry %v)", err, retryDelayOf(err))
+	if status.Code(err) != codes.Unavailable || ipc.RetryDelay(err) <= 0 {
+		t.Errorf("forced refresh with the IdP down: %v (retry %v)", err, ipc.RetryDelay(err))
 	}
 }
 
@@ -232,20 +231,6 @@ func BenchmarkGetTokenCached(b *testing.B) {
 
 func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
 
-// retryDelayOf returns the RetryInfo delay of a status error, or 0.
-func retryDelayOf(err error) time.Duration {
-	st, ok := status.FromError(err)
-	if !ok {
-		return 0
-	}
-	for _, d := range st.Details() {
-		if ri, ok := d.(*errdetails.RetryInfo); ok {
-			return ri.GetRetryDelay().AsDuration()
-		}
-	}
-	return 0
-}
-
 // TestRateLimitPerAgent: one agent over its rate is refused with a retry delay; another agent is not slowed down.
 func TestRateLimitPerAgent(t *testing.T) {
 	f := newFixture(t)
@@ -261,13 +246,13 @@ func TestRateLimitPerAgent(t *testing.T) {
 		}
 	}
 	_, err := f.b.GetToken(peerCtx(testPID, testStart), req)
-	if status.Code(err) != codes.ResourceExhausted || ReasonOf(err) != ReasonRateLimited || retryDelayOf(err) <= 0 {
-		t.Fatalf("over the rate: %v / %q / retry %v", status.Code(err), ReasonOf(err), retryDelayOf(err))
+	if status.Code(err) != codes.ResourceExhausted || reasonOf(err) != ReasonRateLimited || ipc.RetryDelay(err) <= 0 {
+		t.Fatalf("over the rate: %v / %q / retry %v", status.Code(err), reasonOf(err), ipc.RetryDelay(err))
 	}
 	// The other agent's bucket is its own: it reaches consent (it has no grant), not the rate limit.
 	_, err = f.b.GetToken(peerCtx(otherPID, otherStart), &agentidv1.GetTokenRequest{Agent: "other", Scopes: []string{testScope}})
-	if ReasonOf(err) != ReasonConsentPending {
-		t.Fatalf("other agent: %v / %q, want CONSENT_PENDING", status.Code(err), ReasonOf(err))
+	if reasonOf(err) != ReasonConsentPending {
+		t.Fatalf("other agent: %v / %q, want CONSENT_PENDING", status.Code(err), reasonOf(err))
 	}
 }
 
@@ -291,3 +276,5 @@ func TestSweepKeyInfoKeepsCachedAndRecentKeys(t *testing.T) {
 		t.Fatalf("after the sweep: %v", err)
 	}
 }
+
+func reasonOf(err error) string { return ipc.ErrorInfo(err).GetReason() }

@@ -52,20 +52,6 @@ func rpcError(code codes.Code, reason, msg string, retry time.Duration, meta map
 	return withDetails.Err()
 }
 
-// ReasonOf returns the ErrorInfo reason of a status error, or "".
-func ReasonOf(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.Reason
-		}
-	}
-	return ""
-}
-
 // idpError maps a classified IdP failure to the caller's status. The table is docs/errors.md.
 func idpError(err error, retry time.Duration) error {
 	if errors.Is(err, entra.ErrNotSignedIn) {

@@ -114,12 +114,12 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// Parse decodes and validates config text; path is only used in messages and to resolve relative paths.
-func Parse(path string, data []byte) (*Config, error) {
-	var c Config
-	md, err := toml.Decode(string(data), &c)
+// decodeStrict decodes TOML into v and refuses keys v has no field for: a misspelt key must not silently fall back to
+// a default (for the policy, a weaker one).
+func decodeStrict(path string, data []byte, v any) error {
+	md, err := toml.Decode(string(data), v)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
@@ -127,7 +127,16 @@ func Parse(path string, data []byte) (*Config, error) {
 			keys[i] = k.String()
 		}
 		sort.Strings(keys)
-		return nil, fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+		return fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// Parse decodes and validates config text; path is only used in messages and to resolve relative paths.
+func Parse(path string, data []byte) (*Config, error) {
+	var c Config
+	if err := decodeStrict(path, data, &c); err != nil {
+		return nil, err
 	}
 	c.Path = path
 	if err := c.applyDefaults(); err != nil {

@@ -7,11 +7,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sort"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 )
 
 // Policy is the managed policy an administrator puts in a machine-wide, root-owned file. It narrows what the user's
@@ -55,17 +52,8 @@ func LoadPolicy(path string) (*Policy, error) {
 		return nil, fmt.Errorf("reading managed policy: %w", err)
 	}
 	var p Policy
-	md, err := toml.Decode(string(data), &p)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if undecoded := md.Undecoded(); len(undecoded) > 0 {
-		keys := make([]string, len(undecoded))
-		for i, k := range undecoded {
-			keys[i] = k.String()
-		}
-		sort.Strings(keys)
-		return nil, fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+	if err := decodeStrict(path, data, &p); err != nil {
+		return nil, err
 	}
 	for _, id := range p.AllowedAgents {
 		if !guidRE.MatchString(id) {

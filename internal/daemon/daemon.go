@@ -227,8 +227,10 @@ func run(ctx context.Context, o Options) error {
 	go d.watchConfig(runCtx)
 	go d.watchPolicy(runCtx)
 	go d.sec.watch(runCtx)
-	go d.anchorAuditLoop(runCtx, 10*time.Second)
-	go d.sweepLoop(runCtx)
+	// The anchor is saved once more at shutdown (deferred above); refresh bookkeeping of keys that left the cache is
+	// dropped once a minute.
+	go every(runCtx, 10*time.Second, d.saveAuditAnchor)
+	go every(runCtx, time.Minute, func() { d.broker.SweepKeyInfo() })
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

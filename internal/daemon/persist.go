@@ -205,30 +205,16 @@ func (d *Daemon) saveAuditAnchor() {
 	}
 }
 
-// anchorAuditLoop saves the anchor every interval until ctx ends, and once more then.
-func (d *Daemon) anchorAuditLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+// every runs fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.saveAuditAnchor()
-		}
-	}
-}
-
-// sweepLoop drops refresh bookkeeping of keys that left the cache, once a minute.
-func (d *Daemon) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			d.broker.SweepKeyInfo()
+			fn()
 		}
 	}
 }

@@ -21,17 +21,23 @@ func (d *Daemon) config() *config.Config {
 
 func (d *Daemon) auditPath() string { return filepath.Join(d.config().StateDir, "audit.jsonl") }
 
-// watchConfig reloads the config when its file changes. Editors replace files by rename, so the directory is watched,
-// not the file. A config that fails to parse is logged and the last good one stays in force.
+// watchConfig reloads the config when its file changes. A config that fails to parse is logged and the last good one
+// stays in force.
 func (d *Daemon) watchConfig(ctx context.Context) {
+	d.watchFile(ctx, d.cfgPath, "config", d.reload)
+}
+
+// watchFile calls changed (debounced: editors write in several steps) each time the file at path is written, created,
+// renamed or removed, until ctx ends. Editors and deployment tools replace files by rename, so the directory is
+// watched, not the file. Without the directory there is nothing to watch; a restart picks up a new file.
+func (d *Daemon) watchFile(ctx context.Context, path, what string, changed func()) {
 	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		d.log.Warn("config live reload unavailable", "err", err)
-		return
+	if err == nil {
+		err = w.Add(filepath.Dir(path))
+		defer w.Close()
 	}
-	defer w.Close()
-	if err := w.Add(filepath.Dir(d.cfgPath)); err != nil {
-		d.log.Warn("config live reload unavailable", "err", err)
+	if err != nil {
+		d.log.Info(what+" is not watched for changes", "path", path, "err", err)
 		return
 	}
 	var debounce <-chan time.Time
@@ -43,16 +49,16 @@ func (d *Daemon) watchConfig(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if filepath.Clean(ev.Name) == filepath.Clean(d.cfgPath) {
+			if filepath.Clean(ev.Name) == filepath.Clean(path) {
 				debounce = time.After(200 * time.Millisecond)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
 			}
-			d.log.Warn("config watcher", "err", err)
+			d.log.Warn(what+" watcher", "err", err)
 		case <-debounce:
-			d.reload()
+			changed()
 		}
 	}
 }
@@ -115,35 +121,11 @@ func (d *Daemon) applyPolicy(p *config.Policy) {
 	d.broker.SetPolicy(p)
 }
 
-// watchPolicy reloads the managed policy when its file changes (its directory is watched: editors and deployment
-// tools replace files by rename). Without the directory there is nothing to watch; a restart picks up a new file.
+// watchPolicy reloads the managed policy when its file changes.
 func (d *Daemon) watchPolicy(ctx context.Context) {
 	path := config.DefaultPolicyPath()
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return
-	}
-	defer w.Close()
-	if err := w.Add(filepath.Dir(path)); err != nil {
-		d.log.Info("managed policy directory not watched", "path", filepath.Dir(path), "err", err)
-		return
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if filepath.Clean(ev.Name) == filepath.Clean(path) {
-				debounce = time.After(200 * time.Millisecond)
-			}
-		case <-w.Errors:
-		case <-debounce:
-			d.applyPolicy(d.loadPolicy())
-			d.log.Info("managed policy reloaded", "path", path)
-		}
-	}
+	d.watchFile(ctx, path, "managed policy", func() {
+		d.applyPolicy(d.loadPolicy())
+		d.log.Info("managed policy reloaded", "path", path)
+	})
 }

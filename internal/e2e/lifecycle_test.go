@@ -43,11 +43,17 @@ const lifecycleNoRateLimit = "rate_limit = 100000.0\nburst = 100000"
 // lifecycleEnv is newEnv with the lifecycle directory (more consented scopes than the default one).
 func lifecycleEnv(t *testing.T, tokenLifetime time.Duration) *env {
 	t.Helper()
+	return lifecycleEnvWith(t, tokenLifetime, "")
+}
+
+// lifecycleEnvWith is lifecycleEnv with more config lines.
+func lifecycleEnvWith(t *testing.T, tokenLifetime time.Duration, extraConfig string) *env {
+	t.Helper()
 	dirFile, err := filepath.Abs(filepath.Join("testdata", "lifecycle-directory.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newEnv(t, envOptions{tokenLifetime: tokenLifetime, extraConfig: lifecycleNoRateLimit, directory: dirFile})
+	return newEnv(t, envOptions{tokenLifetime: tokenLifetime, extraConfig: lifecycleNoRateLimit + "\n" + extraConfig, directory: dirFile})
 }
 
 // lifecycleReady signs in and approves one grant covering every lifecycle scope.
@@ -569,11 +575,7 @@ func TestLifecycleRefreshStorm(t *testing.T) {
 // TestLifecycleTokenCapPerAgent: an agent over max_tokens_per_agent loses its least recently used token, in memory and
 // in the encrypted store, so a restart restores only what the cap allows.
 func TestLifecycleTokenCapPerAgent(t *testing.T) {
-	dirFile, err := filepath.Abs(filepath.Join("testdata", "lifecycle-directory.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t, envOptions{extraConfig: lifecycleNoRateLimit + "\nmax_tokens_per_agent = 3", directory: dirFile})
+	e := lifecycleEnvWith(t, 0, "max_tokens_per_agent = 3")
 	c := lifecycleReady(t, e) // key 0: every lifecycle scope
 	all := lifecycleScopes
 	s1, s2, s3 := lifecycleScopes[:1], lifecycleScopes[1:2], lifecycleScopes[2:3]
@@ -616,11 +618,7 @@ func TestLifecycleTokenCapPerAgent(t *testing.T) {
 // TestConfigReloadLive: limits edited in the config file take effect without a restart: a lowered token cap evicts
 // down to it at the agent's next new token, and a lowered rate limit refuses the next burst.
 func TestConfigReloadLive(t *testing.T) {
-	dirFile, err := filepath.Abs(filepath.Join("testdata", "lifecycle-directory.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t, envOptions{extraConfig: lifecycleNoRateLimit + "\nmax_tokens_per_agent = 3", directory: dirFile})
+	e := lifecycleEnvWith(t, 0, "max_tokens_per_agent = 3")
 	c := lifecycleReady(t, e)
 	for _, scopes := range [][]string{lifecycleScopes[:1], lifecycleScopes[1:2]} {
 		if _, err := c.Token(context.Background(), testAgent, scopes); err != nil {

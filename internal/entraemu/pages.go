@@ -13,13 +13,8 @@ import (
 )
 
 func (e *Emulator) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := e.checkTenant(w, r)
+	tenant, f, ok := e.tenantForm(w, r)
 	if !ok {
-		return
-	}
-	f, oe := parseForm(r)
-	if oe != nil {
-		e.writeError(w, r, oe)
 		return
 	}
 	res, oe := e.deviceCode(tenant, f)

@@ -26,13 +26,8 @@ const (
 var oidcScopes = []string{"openid", "offline_access", "profile", "email"}
 
 func (e *Emulator) handleToken(w http.ResponseWriter, r *http.Request) {
-	tenant, ok := e.checkTenant(w, r)
+	tenant, f, ok := e.tenantForm(w, r)
 	if !ok {
-		return
-	}
-	f, oe := parseForm(r)
-	if oe != nil {
-		e.writeError(w, r, oe)
 		return
 	}
 	res, oe := e.token(tenant, f)
@@ -43,6 +38,21 @@ func (e *Emulator) handleToken(w http.ResponseWriter, r *http.Request) {
 	e.log.Info("token issued", "grant_type", f.Get("grant_type"), "client_id", f.Get("client_id"))
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, 200, res)
+}
+
+// tenantForm checks the tenant and parses the form of a token-endpoint style POST, answering the request itself when
+// either fails.
+func (e *Emulator) tenantForm(w http.ResponseWriter, r *http.Request) (string, url.Values, bool) {
+	tenant, ok := e.checkTenant(w, r)
+	if !ok {
+		return "", nil, false
+	}
+	f, oe := parseForm(r)
+	if oe != nil {
+		e.writeError(w, r, oe)
+		return "", nil, false
+	}
+	return tenant, f, true
 }
 
 func parseForm(r *http.Request) (url.Values, *oauthError) {
