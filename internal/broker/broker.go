@@ -308,6 +308,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	var idBuf [256]byte
 	if ki := b.keyInfo.lookup(c.key.AppendID(idBuf[:0])); ki != nil && ki.grantID == grant.ID {
 		ki.seen(b.now())
+		c.key = ki.key // the same key with its ID already built: the cache lookup does not build it again
 	} else {
 		c.key = c.key.WithID()
 		b.keyInfo.store(c.key.ID(), newKeyInfo(c.key, req.claims, grant.ID, b.now()))
@@ -494,6 +495,7 @@ func prefix(h string) string {
 
 // Remember records what a refresh of a restored key needs.
 func (b *Broker) Remember(k cache.Key, grantID, claims string) {
+	k = k.WithID()
 	b.keyInfo.store(k.ID(), newKeyInfo(k, claims, grantID, b.now()))
 }
 

@@ -375,12 +375,21 @@ func (c *Cache) Peek(k Key) (Token, bool) {
 // Lookup is the fast path: a map lookup under a read lock and an expiry check, no I/O and no allocation. A hit marks the
 // entry used, which is what makes it eligible for refresh ahead.
 func (c *Cache) Lookup(k Key, minTTL time.Duration) (Token, bool) {
+	id := k.id
 	var buf [256]byte
-	id := appendID(buf[:0], k)
+	idBytes := buf[:0]
+	if id == "" {
+		idBytes = appendID(idBytes, k)
+	}
 	now := c.wallNow()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	e := c.entries[string(id)]
+	var e *entry
+	if id != "" {
+		e = c.entries[id]
+	} else {
+		e = c.entries[string(idBytes)]
+	}
 	if e == nil || !usable(&e.tok, now, minTTL) {
 		return Token{}, false
 	}

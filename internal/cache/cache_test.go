@@ -647,3 +647,17 @@ func TestFingerprint(t *testing.T) {
 		t.Errorf("a stored token's fingerprint = %q, %v; want it filled in when stored", tok.Fingerprint, ok)
 	}
 }
+
+// TestLookupWithPreparedID: a key prepared with WithID finds the same entry as one built field by field.
+func TestLookupWithPreparedID(t *testing.T) {
+	c := New(Options{})
+	k := NewKey("user", "agent", "obo", "api://r", []string{"b", "a"}, "")
+	c.Put(k, Token{AccessToken: "t", ExpiresAt: time.Now().Add(time.Hour)})
+	if tok, ok := c.Lookup(k.WithID(), 0); !ok || tok.AccessToken != "t" {
+		t.Fatalf("Lookup with a prepared ID: %q, %v", tok.AccessToken, ok)
+	}
+	other := NewKey("user", "agent", "obo", "api://r", []string{"a"}, "").WithID()
+	if _, ok := c.Lookup(other, 0); ok {
+		t.Fatal("a prepared ID of another key found the entry")
+	}
+}
