@@ -44,8 +44,8 @@ func guard(ctx context.Context) error {
 	if err := sameUser(p); err != nil {
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(GuardHeader); len(v) != 1 || v[0] != GuardValue {
+	// ValueFromIncomingContext reads the one header without copying the whole metadata map (this runs on every call).
+	if v := metadata.ValueFromIncomingContext(ctx, GuardHeader); len(v) != 1 || v[0] != GuardValue {
 		return status.Error(codes.InvalidArgument, fmt.Sprintf("missing metadata %q: %q; use the agentidd client library", GuardHeader, GuardValue))
 	}
 	return nil

@@ -118,8 +118,11 @@ func dial(ctx context.Context, path string) (net.Conn, error) {
 	return c, nil
 }
 
+// daemonEUID is read once: the daemon never changes user, and every call is checked against it.
+var daemonEUID = os.Geteuid()
+
 func sameUserAsDaemon(p *PeerInfo) error {
-	if p.UID != os.Geteuid() {
+	if p.UID != daemonEUID {
 		return fmt.Errorf("peer uid %d is not the daemon's user", p.UID)
 	}
 	return nil
