@@ -37,8 +37,8 @@
 // revocation. Every purge takes a new epoch; each fetch remembers the epoch it started in and checks the purges since
 // when it finishes.
 //
-// Cached tokens are shared: a Token handed to or returned by this package must never be mutated (its Scopes and Meta
-// are not copied).
+// Cached tokens are shared: a Token handed to or returned by this package must never be mutated (its Scopes are not
+// copied).
 package cache
 
 import (
@@ -54,7 +54,7 @@ import (
 	"time"
 )
 
-// Token is one access token as served. Immutable once cached: never mutate it or its Scopes and Meta.
+// Token is one access token as served. Immutable once cached: never mutate it or its Scopes.
 type Token struct {
 	AccessToken string `json:"access_token"`
 	// ExpiresAt is the local receive time plus expires_in, wall clock only (t.Round(0)), which tolerates a wrong system
@@ -62,11 +62,10 @@ type Token struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	// RefreshAt is when to refresh ahead: from refresh_in when the IdP sent it, else IssuedAt + 75% of the lifetime
 	// (filled in when zero). The scheduler applies the jitter.
-	RefreshAt time.Time         `json:"refresh_at"`
-	IssuedAt  time.Time         `json:"issued_at"`
-	Scopes    []string          `json:"scopes,omitempty"`
-	GrantID   string            `json:"grant_id,omitempty"`
-	Meta      map[string]string `json:"meta,omitempty"` // the owner's principal details, opaque here
+	RefreshAt time.Time `json:"refresh_at"`
+	IssuedAt  time.Time `json:"issued_at"`
+	Scopes    []string  `json:"scopes,omitempty"`
+	GrantID   string    `json:"grant_id,omitempty"`
 	// Fingerprint names the token in audit records without revealing it: the first 16 hex digits of SHA-256 of
 	// AccessToken. The cache fills it in once when the token is stored, so a cached hit does not hash the token again.
 	Fingerprint string `json:"-"`
