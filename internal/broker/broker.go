@@ -366,6 +366,12 @@ func (b *Broker) fetchError(ctx context.Context, err error) error {
 	if online, at := b.cache.Online(); !online && at.After(b.now()) {
 		retry = at.Sub(b.now())
 	}
+	if errors.Is(err, cache.ErrNoAnswerYet) {
+		// The exchange is still running and its token will be cached: a short retry hint, unless already offline.
+		return rpcError(codes.Unavailable, ReasonIdPUnreachable,
+			"the identity provider has not answered within the caller's deadline; the exchange continues and its token will be cached: retry shortly",
+			max(retry, time.Second), nil)
+	}
 	b.log.Warn("token exchange failed", "class", entra.Classify(err).Class.String(), "err", entra.Classify(err).Error())
 	return idpError(err, retry)
 }

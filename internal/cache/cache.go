@@ -8,7 +8,9 @@
 // passed during a suspend is never served, however little time the process itself saw pass.
 //
 // Get deduplicates concurrent misses per key (singleflight). The shared fetch runs on a context detached from every
-// caller, with Options.FetchTimeout: a caller that gives up gets ctx.Err() and the others still get the token.
+// caller, with Options.FetchTimeout: a caller that gives up gets ctx.Err() and the others still get the token. A caller
+// whose context has a deadline gets ErrNoAnswerYet shortly before that deadline instead (see answerReserve), so that it
+// hears why rather than seeing its own deadline pass; the fetch goes on and its token is cached.
 //
 // Tokens used within Options.RefreshWindow, or watched, are refreshed ahead of expiry at Token.RefreshAt with ±Jitter,
 // by one scheduler goroutine (a single timer over a min-heap) and at most Options.MaxConcurrentRefresh fetches at once.
@@ -194,6 +196,9 @@ var (
 	ErrPurged = errors.New("cache: the token was revoked while it was being fetched")
 	// ErrNoFetcher: Get missed and Options.Fetch is nil.
 	ErrNoFetcher = errors.New("cache: no fetcher configured")
+	// ErrNoAnswerYet: the caller's deadline is about to pass and the shared fetch has not finished. It continues; the
+	// token it brings is cached for the next Get.
+	ErrNoAnswerYet = errors.New("cache: the identity provider has not answered yet")
 	// ErrInvalidToken: the fetcher returned a token without an access token or expiry.
 	ErrInvalidToken = errors.New("cache: the fetcher returned a token without an access token or expiry")
 )
@@ -424,8 +429,17 @@ func (c *Cache) Get(ctx context.Context, k Key, minTTL time.Duration, force bool
 	cl := c.joinLocked(context.WithoutCancel(ctx), k, id, minTTL, true)
 	c.mu.Unlock()
 
+	var giveUp <-chan time.Time
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		t := time.NewTimer(left - answerReserve(left))
+		defer t.Stop()
+		giveUp = t.C
+	}
 	select {
 	case <-cl.done:
+	case <-giveUp:
+		return Token{}, "", ErrNoAnswerYet
 	case <-ctx.Done():
 		return Token{}, "", ctx.Err()
 	}
@@ -442,6 +456,12 @@ func (c *Cache) Get(ctx context.Context, k Key, minTTL time.Duration, force bool
 		return Token{}, "", ErrTooShort
 	}
 	return cl.tok, SourceIDP, nil
+}
+
+// answerReserve is how long before a caller's deadline Get stops waiting on a fetch: long enough for the answer to
+// cross a local socket and be read, a tenth of the time the caller allowed and never more than 250 ms.
+func answerReserve(left time.Duration) time.Duration {
+	return min(left/10, 250*time.Millisecond)
 }
 
 // joinLocked returns the in-flight fetch for id, starting one if there is none. storeMin is the lifetime a new token

@@ -189,6 +189,46 @@ func TestGetCancelledCallerDoesNotCancelFetch(t *testing.T) {
 	}
 }
 
+// A caller with a deadline hears ErrNoAnswerYet shortly before it, not its own deadline passing; the fetch carries on
+// and the token it brings is served from the cache afterwards.
+func TestGetAnswersBeforeTheCallersDeadline(t *testing.T) {
+	h := newHarness(t, false, nil)
+	h.idp.gate = make(chan struct{})
+	k := testKey(1)
+	const allowed = 500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), allowed)
+	defer cancel()
+	start := time.Now()
+	_, _, err := h.c.Get(ctx, k, time.Minute, false)
+	took := time.Since(start)
+	if !errors.Is(err, ErrNoAnswerYet) {
+		t.Fatalf("Get with a hung fetch = %v, want ErrNoAnswerYet", err)
+	}
+	if ctx.Err() != nil || took < allowed-answerReserve(allowed)-50*time.Millisecond {
+		t.Errorf("answered after %v (context err %v): want shortly before the %v deadline", took, ctx.Err(), allowed)
+	}
+	close(h.idp.gate)
+	waitFor(t, func() bool { _, ok := h.c.Lookup(k, time.Minute); return ok })
+	if _, src, err := h.c.Get(context.Background(), k, time.Minute, false); err != nil || src != SourceCache {
+		t.Errorf("after the fetch finished: source %q, %v; want the fetched token from the cache", src, err)
+	}
+	if n := h.idp.calls.Load(); n != 1 {
+		t.Errorf("fetches = %d, want 1", n)
+	}
+}
+
+func TestAnswerReserve(t *testing.T) {
+	for _, c := range []struct{ left, want time.Duration }{
+		{100 * time.Millisecond, 10 * time.Millisecond},
+		{time.Second, 100 * time.Millisecond},
+		{time.Minute, 250 * time.Millisecond},
+	} {
+		if got := answerReserve(c.left); got != c.want {
+			t.Errorf("answerReserve(%v) = %v, want %v", c.left, got, c.want)
+		}
+	}
+}
+
 func TestMinTTL(t *testing.T) {
 	tests := []struct {
 		name    string

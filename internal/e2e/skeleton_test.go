@@ -246,11 +246,11 @@ func TestIdPDownGivesUnavailableWithinDeadline(t *testing.T) {
 		defer cancel()
 		start := time.Now()
 		_, err := c.Agent.GetToken(ctx, &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{emutest.ResourceScopeRead}, ForceRefresh: true})
-		if took := time.Since(start); took > 3*time.Second {
-			t.Errorf("call took %v, past its 2s deadline", took)
+		if took := time.Since(start); took >= 2*time.Second {
+			t.Errorf("call took %v: the daemon must answer before the caller's 2s deadline", took)
 		}
-		if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Unavailable {
-			t.Errorf("got %v, want DeadlineExceeded or Unavailable", err)
+		if status.Code(err) != codes.Unavailable || client.Reason(err) != "IDP_UNREACHABLE" || client.RetryDelay(err) <= 0 {
+			t.Errorf("got %v / %q / retry %v, want Unavailable / IDP_UNREACHABLE with a retry delay", err, client.Reason(err), client.RetryDelay(err))
 		}
 		// The valid cached token is still served while the IdP hangs.
 		tok, err := c.Token(context.Background(), testAgent, []string{emutest.ResourceScopeRead})
