@@ -73,6 +73,12 @@ type Client struct {
 	mu      sync.Mutex
 	account *Account
 
+	// userSem lets one silent acquisition of the user's token run at a time. When that token is due for renewal,
+	// concurrent exchanges would each redeem the same refresh token, and an IdP that rotates refresh tokens treats the
+	// second redemption as theft and revokes the whole family (the emulator does, docs/emulator.md): a refresh storm
+	// signed the user out. Serialised, the first renews and the rest find the new token in MSAL's cache.
+	userSem chan struct{}
+
 	blueprintMu sync.Mutex
 	blueprint   *confidential.Client
 }
@@ -100,7 +106,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating MSAL public client: %w", err)
 	}
-	return &Client{cfg: cfg, pub: pub}, nil
+	return &Client{cfg: cfg, pub: pub, userSem: make(chan struct{}, 1)}, nil
 }
 
 // RestoreAccount picks up a sign-in persisted by an earlier run.
@@ -154,6 +160,12 @@ func (c *Client) UserToken(ctx context.Context) (string, error) {
 	if a == nil {
 		return "", ErrNotSignedIn
 	}
+	select {
+	case c.userSem <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-c.userSem }()
 	res, err := c.pub.AcquireTokenSilent(ctx, c.cfg.UserScopes, public.WithSilentAccount(a.msal))
 	if err != nil {
 		return "", Classify(err)

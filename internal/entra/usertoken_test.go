@@ -1,0 +1,68 @@
+package entra_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/internal/entraemu/emutest"
+)
+
+// Concurrent exchanges that all find the user's token due for renewal must not each redeem the refresh token: the
+// emulator, like an IdP that rotates refresh tokens, revokes the whole family on the second redemption of one, which
+// signed the user out in the middle of a refresh storm. With a token lifetime under MSAL's 5-minute margin every silent
+// call renews, so every round of concurrent calls here would race without serialisation.
+func TestUserTokenConcurrentRenewalsKeepTheSignIn(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{TokenLifetime: 4 * time.Minute})
+	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
+		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
+		HTTPClient: emu.HTTPClient(), DevAuthority: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prompts := make(chan entra.DeviceCodePrompt, 1)
+	signedIn := make(chan error, 1)
+	go func() {
+		_, err := c.LoginDeviceCode(ctx, func(p entra.DeviceCodePrompt) { prompts <- p })
+		signedIn <- err
+	}()
+	p := <-prompts
+	if err := emu.CompleteDeviceCode(p.VerificationURI, p.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-signedIn; err != nil {
+		t.Fatal(err)
+	}
+	emu.ResetCounters()
+
+	const rounds, concurrent = 5, 8
+	for r := range rounds {
+		var wg sync.WaitGroup
+		errs := make(chan error, concurrent)
+		for range concurrent {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := c.UserToken(ctx); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("round %d: UserToken: %v", r, err)
+		}
+	}
+	cn, err := emu.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cn.ByGrantType["refresh_token"]; got != rounds*concurrent {
+		t.Errorf("refresh token redemptions = %d, want one per call (%d): the test did not renew every time", got, rounds*concurrent)
+	}
+}
