@@ -399,7 +399,16 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	if len(scopes) == 0 {
 		scopes = k.Scopes
 	}
-	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: res.ExpiresAt.Round(0), RefreshAt: res.RefreshAt.Round(0),
+	// MSAL states expiry (receive time + expires_in) and refresh_in on the real clock; the cache plans on the broker's,
+	// which is the same clock except in tests that move it: carry over the time left, not the instant.
+	real := time.Now()
+	onOurClock := func(t time.Time) time.Time {
+		if t.IsZero() {
+			return t
+		}
+		return now.Add(t.Sub(real))
+	}
+	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: onOurClock(res.ExpiresAt), RefreshAt: onOurClock(res.RefreshAt),
 		IssuedAt: now, Scopes: scopes, GrantID: info.grantID}, nil
 }
 

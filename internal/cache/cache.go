@@ -205,8 +205,9 @@ var (
 
 const (
 	// maxSleep bounds every scheduler sleep. Timers run on the monotonic clock, which stops during suspend; waking at
-	// least this often lets the scheduler notice that wall-clock time jumped and act on what fell due.
-	maxSleep = time.Minute
+	// least this often lets the scheduler act within seconds of a resume (or any wall-clock jump) on what fell due
+	// meanwhile, before those tokens run out. A wake-up is a heap peek under the lock.
+	maxSleep = 5 * time.Second
 	// touchEvery limits how often a hit writes the entry's last-used time, so parallel hits on one hot key do not all
 	// write the same cache line.
 	touchEvery = int64(time.Second)

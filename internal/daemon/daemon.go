@@ -48,6 +48,9 @@ type Options struct {
 	Log        *slog.Logger
 	// FreshOnCorrupt starts with empty state when the state file cannot be read (agentidd run --fresh-on-corrupt).
 	FreshOnCorrupt bool
+	// Clock is the wall clock the daemon plans by: token expiry and refresh ahead, grants, restored state. Default
+	// time.Now; tests move it to play a suspend or reach a refresh window without waiting for it.
+	Clock func() time.Time
 }
 
 // Daemon is one running agentidd.
@@ -68,6 +71,7 @@ type Daemon struct {
 	selfExe  string
 	selfHash string
 	inspect  platform.ProcessInspector
+	now      func() time.Time
 	started  time.Time
 	sec      *secretsRuntime
 	// auditBroken freezes the audit anchor once the log failed verification, so the evidence is not overwritten.
@@ -83,7 +87,10 @@ func run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	d := &Daemon{cfgPath: o.ConfigPath, log: o.Log, started: time.Now()}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	d := &Daemon{cfgPath: o.ConfigPath, log: o.Log, now: o.Clock, started: time.Now()}
 	cfg, err := config.Load(o.ConfigPath)
 	if err != nil {
 		return err
@@ -162,6 +169,7 @@ func run(ctx context.Context, o Options) error {
 		Classify:      classifyForCache,
 		RetryAfter:    func(err error) time.Duration { return entra.Classify(err).RetryAfter },
 		OnPermanent:   d.onPermanent,
+		Now:           d.now,
 		Log:           d.log,
 	})
 	policy := d.loadPolicy()
@@ -173,13 +181,14 @@ func run(ctx context.Context, o Options) error {
 		OnRevoke:     d.onGrantRevoked,
 		OnDecision:   d.onConsentDecision,
 		WatchExit:    d.taskExitWatcher(),
+		Now:          d.now,
 		Log:          d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("loading consent state: %w", err)
 	}
 	b = broker.New(broker.Options{Config: cfg, IdP: d.idp, Cache: d.cache, Consent: d.consent, Audit: d.audit,
-		Attestor: attest.New(d.inspect), Inspector: d.inspect, Log: d.log})
+		Attestor: attest.New(d.inspect), Inspector: d.inspect, Now: d.now, Log: d.log})
 	d.broker = b
 	d.applyPolicy(policy)
 	if why := d.secretsDegradedReason(); why != "" {
@@ -305,7 +314,7 @@ func (d *Daemon) restoreTokens(b *broker.Broker) {
 		return
 	}
 	n := 0
-	for _, s := range d.tokens.load(time.Now()) {
+	for _, s := range d.tokens.load(d.now()) {
 		b.Remember(s.Key, s.Token.GrantID, s.Claims)
 		d.cache.Put(s.Key, s.Token)
 		n++

@@ -35,8 +35,20 @@ const lifecycleAgent = "race-agent"
 // lifecycleDaemon starts the daemon in this process and returns a client. The test binary is both the daemon's own
 // executable (so Admin calls are allowed) and the agent's bound binary.
 func lifecycleDaemon(t *testing.T) *client.Conn {
+	c, _ := lifecycleDaemonWith(t, lifecycleOptions{})
+	return c
+}
+
+// lifecycleOptions vary the in-process daemon: its clock, extra config lines, the emulator's token lifetime.
+type lifecycleOptions struct {
+	clock         func() time.Time
+	extraConfig   string
+	tokenLifetime time.Duration
+}
+
+func lifecycleDaemonWith(t *testing.T, o lifecycleOptions) (*client.Conn, *emutest.Emulator) {
 	t.Helper()
-	emu := emutest.Start(t, emutest.Options{})
+	emu := emutest.Start(t, emutest.Options{TokenLifetime: o.tokenLifetime})
 	dir, err := os.MkdirTemp("", "aidd-race-") // short: sun_path is 108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +76,7 @@ state_dir = %q
 socket = %q
 rate_limit = 100000.0
 burst = 100000
+%s
 
 [[agent]]
 name = %q
@@ -71,7 +84,7 @@ app_id = %q
 [[agent.binding]]
 exe = %q
 sha256 = %q
-`, emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, emu.CAFile, stateDir, socket,
+`, emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, emu.CAFile, stateDir, socket, o.extraConfig,
 		lifecycleAgent, emutest.AgentAppID, self, hex.EncodeToString(sum[:]))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -91,7 +104,7 @@ sha256 = %q
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Clock: o.clock, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -144,7 +157,7 @@ sha256 = %q
 			break
 		}
 	}
-	return c
+	return c, emu
 }
 
 // lifecycleApprover approves every pending consent request until ctx ends.
