@@ -107,7 +107,9 @@ func warmUp(b *testing.B, clients int, call func(i int) error) {
 
 // BenchmarkSocket measures a cached GetToken over the real Unix socket against the raw gRPC floor: an empty unary RPC
 // (health check) to the same daemon process over the same transport. Clients = concurrent goroutines, each with its
-// own connection.
+// own connection. `make bench` runs it twice: as the scheduler places the two processes, and pinned, the daemon on
+// one core (AGENTIDD_BENCH_DAEMON_CPU) and the clients on the other (taskset), which takes the scheduler's placement
+// noise out of the comparison.
 func BenchmarkSocket(b *testing.B) {
 	e, req := benchEnv(b)
 	for _, clients := range []int{1, 8, 64} {

@@ -172,6 +172,10 @@ func (e *env) startDaemon() {
 		e.log = &syncBuffer{}
 	}
 	cmd := exec.Command(e.agentidd, "run", "--log-level", "debug")
+	if cpu := os.Getenv("AGENTIDD_BENCH_DAEMON_CPU"); cpu != "" {
+		// Pinned benchmarks (BENCHMARKS.md): the daemon on one core, the test process on the other via taskset.
+		cmd = exec.Command("taskset", "-c", cpu, e.agentidd, "run", "--log-level", "debug")
+	}
 	cmd.Env = e.environ()
 	cmd.Stderr = e.log
 	if err := cmd.Start(); err != nil {
