@@ -5,6 +5,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -383,6 +384,10 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 		// A key with no live grant (revoked while this fetch was queued, or restored after the grant went away): refuse
 		// rather than mint.
 		return cache.Token{}, ErrGrantGone
+	}
+	if ok, why := b.policy.Load().Allows(k.AgentAppID, k.Mode, k.Resource); !ok {
+		// The managed policy narrowed since this key was first served: mint nothing more for it, and let the key go.
+		return cache.Token{}, fmt.Errorf("%w: %s", ErrGrantGone, why)
 	}
 	var res entra.Result
 	var err error

@@ -278,3 +278,28 @@ func TestSweepKeyInfoKeepsCachedAndRecentKeys(t *testing.T) {
 }
 
 func reasonOf(err error) string { return ipc.ErrorInfo(err).GetReason() }
+
+// A refresh (or any fetch) for a key the managed policy stopped allowing mints nothing and lets the key go: the purge
+// at reload removes what is cached, this covers what was in flight or raced it.
+func TestFetchRefusesWhatThePolicyNoLongerAllows(t *testing.T) {
+	f := newFixture(t)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := f.b.GetToken(peerCtx(testPID, testStart), req); err != nil {
+		t.Fatal(err)
+	}
+	var k cache.Key
+	for _, e := range f.c.Snapshot() {
+		k = e.Key
+	}
+	if _, err := f.b.Fetch(context.Background(), k); err != nil {
+		t.Fatalf("Fetch for the cached key %+v before the policy changed: %v", k, err)
+	}
+	f.b.SetPolicy(&config.Policy{AllowedResources: []string{"api://elsewhere.example"}})
+	before := f.idp.calls.Load()
+	if _, err := f.b.Fetch(context.Background(), k); !errors.Is(err, ErrGrantGone) {
+		t.Errorf("Fetch under a policy that refuses the resource = %v, want ErrGrantGone", err)
+	}
+	if f.idp.calls.Load() != before {
+		t.Error("the IdP was asked for a token the policy refuses")
+	}
+}

@@ -10,6 +10,7 @@ const (
 	purgeAgent
 	purgeGrant
 	purgeAll
+	purgeMatching
 )
 
 // purgeRec is one purge, kept in a ring indexed by epoch so that a fetch finishing late can ask "was my key purged
@@ -18,6 +19,7 @@ type purgeRec struct {
 	epoch uint64
 	kind  purgeKind
 	value string
+	match func(Key) bool // purgeMatching only
 }
 
 func (r *purgeRec) matches(k Key, id, grantID string) bool {
@@ -30,6 +32,8 @@ func (r *purgeRec) matches(k Key, id, grantID string) bool {
 		return k.AgentAppID == r.value
 	case purgeGrant:
 		return grantID != "" && grantID == r.value
+	case purgeMatching:
+		return r.match(k)
 	default:
 		return id == r.value
 	}
@@ -130,6 +134,24 @@ func (c *Cache) PurgeAll(reason string) int {
 	return c.purgeIndex(purgeAll, "", reason, func() map[string]*entry { return c.entries })
 }
 
+// PurgeMatching removes every token whose key match accepts (a managed-policy change that narrows resources or modes),
+// with the same guarantees as the other purges. match runs under the cache's lock: it must not call into the cache.
+func (c *Cache) PurgeMatching(match func(Key) bool, reason string) int {
+	c.mu.Lock()
+	r := c.beginPurgeLocked(purgeMatching, "")
+	r.match = match
+	set := map[string]*entry{}
+	for id, e := range c.entries {
+		if match(e.key) {
+			set[id] = e
+		}
+	}
+	n := c.purgeSetLocked(set, r, reason)
+	c.mu.Unlock()
+	c.log.Info("purged cached tokens", "scope", purgeMatching.String(), "count", n, "reason", reason)
+	return n
+}
+
 func (c *Cache) purgeIndex(kind purgeKind, value, reason string, set func() map[string]*entry) int {
 	c.mu.Lock()
 	r := c.beginPurgeLocked(kind, value)
@@ -155,6 +177,8 @@ func (k purgeKind) String() string {
 		return "grant"
 	case purgeAll:
 		return "all"
+	case purgeMatching:
+		return "matching"
 	default:
 		return "key"
 	}

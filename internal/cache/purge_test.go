@@ -30,6 +30,9 @@ func TestPurgeIndexes(t *testing.T) {
 		{"empty grant id purges nothing", func(c *Cache) int { return c.PurgeGrant("", "revoked") }, nil},
 		{"unknown user", func(c *Cache) int { return c.PurgeUser("nobody", "x") }, nil},
 		{"all", func(c *Cache) int { return c.PurgeAll("policy") }, []int{0, 1, 2, 3, 4}},
+		{"matching", func(c *Cache) int {
+			return c.PurgeMatching(func(k Key) bool { return k.UserOID == "u2" && k.AgentAppID == "a2" }, "policy")
+		}, []int{3}},
 		{"one key", func(c *Cache) int {
 			if c.Purge(key(all[4]), "x") {
 				return 1
@@ -108,6 +111,7 @@ func TestInflightFetchDiscardedOnPurge(t *testing.T) {
 		{"grant", func(c *Cache, k Key) { c.PurgeGrant("g1", "r") }},
 		{"all", func(c *Cache, k Key) { c.PurgeAll("r") }},
 		{"key", func(c *Cache, k Key) { c.Purge(k, "r") }},
+		{"matching", func(c *Cache, k Key) { c.PurgeMatching(func(x Key) bool { return x.Resource == k.Resource }, "r") }},
 	}
 	for _, tt := range purges {
 		t.Run(tt.name, func(t *testing.T) {

@@ -379,8 +379,11 @@ func (m *Manager) runPrompt(ctx context.Context, p *pending) {
 	if display == "" {
 		display = req.AgentName
 	}
+	m.mu.RLock()
+	shown := m.capped(d)
+	m.mu.RUnlock()
 	text := platform.BuildPromptText(display, req.AgentAppID, req.Process.ExePath, req.Process.SHA256Prefix,
-		req.Resource, req.Scopes, req.Mode, DurationText(m.capped(d), req.TaskID), req.Justification, req.Chain)
+		req.Resource, req.Scopes, req.Mode, DurationText(shown, req.TaskID), req.Justification, req.Chain)
 	name := m.o.Prompter.Name()
 	dec, err := m.o.Prompter.Prompt(ctx, platform.Prompt{RequestID: req.ID, Text: text, Timeout: m.o.PromptTimeout})
 	if ctx.Err() != nil {
@@ -418,7 +421,7 @@ type outcome struct {
 	reason   string
 }
 
-// capped applies the policy cap; TaskOnly is capped by TaskOnlyCap too.
+// capped applies the policy cap; TaskOnly is capped by TaskOnlyCap too. Callers hold mu (SetMaxGrant changes the cap).
 func (m *Manager) capped(d time.Duration) time.Duration {
 	if d == TaskOnly {
 		return TaskOnly
@@ -437,6 +440,30 @@ func (m *Manager) SetDenyCooldown(d time.Duration) {
 	m.mu.Unlock()
 }
 
+// SetMaxGrant changes the policy cap on grants (managed-policy reload, and at start for grants restored from disk).
+// Grants that would outlive the new cap now end at now + cap: an administrator who shortens the cap means it for
+// consent already given too. A longer cap extends nothing. Zero or less, or more than SevenDays, means SevenDays.
+func (m *Manager) SetMaxGrant(d time.Duration) error {
+	if d <= 0 || d > SevenDays {
+		d = SevenDays
+	}
+	end := m.now().Add(d)
+	m.mu.Lock()
+	m.o.MaxGrant = d
+	for id, g := range m.grants {
+		if g.NotAfter.After(end) {
+			// A copy: Grant values handed out earlier must not change under their holders.
+			shortened := *g
+			shortened.NotAfter = end
+			m.grants[id] = &shortened
+			m.gen++
+		}
+	}
+	m.mu.Unlock()
+	return m.persist()
+}
+
+// notAfter is a new grant's end; callers hold mu.
 func (m *Manager) notAfter(now time.Time, d time.Duration) time.Time {
 	if d == TaskOnly {
 		return now.Add(min(TaskOnlyCap, m.o.MaxGrant))

@@ -371,6 +371,63 @@ func TestSetDenyCooldown(t *testing.T) {
 	}
 }
 
+// A lowered cap shortens grants already given (and survives a restart); a raised one extends nothing.
+func TestSetMaxGrant(t *testing.T) {
+	per := &memPersister{}
+	m, c := newTestManager(t, Options{Persist: per})
+	ctx := context.Background()
+	_, _ = m.Check(ctx, baseReq(), 0)
+	long := approve(t, m, SevenDays)
+	short := baseReq()
+	short.Resource = "api://short"
+	_, _ = m.Check(ctx, short, 0)
+	brief := approve(t, m, OneHour)
+
+	c.Add(30 * time.Minute) // the 1h grant now has 30 minutes left
+	if err := m.SetMaxGrant(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ends := map[string]time.Time{}
+	for _, g := range m.Grants() {
+		ends[g.ID] = g.NotAfter
+	}
+	if want := c.Now().Add(time.Hour); !ends[long.ID].Equal(want) {
+		t.Errorf("7-day grant ends %v after the cap fell to 1h, want %v", ends[long.ID], want)
+	}
+	if !ends[brief.ID].Equal(brief.NotAfter) {
+		t.Errorf("1h grant with 30 minutes left ends %v, want unchanged %v", ends[brief.ID], brief.NotAfter)
+	}
+	if long.NotAfter.Equal(ends[long.ID]) {
+		t.Error("the Grant value handed out earlier changed under its holder")
+	}
+	// New grants obey the new cap.
+	third := baseReq()
+	third.Resource = "api://third"
+	_, _ = m.Check(ctx, third, 0)
+	if g := approve(t, m, EightHours); !g.NotAfter.Equal(c.Now().Add(time.Hour)) {
+		t.Errorf("new 8h grant ends %v, want capped at 1h", g.NotAfter)
+	}
+	// The shortened end was persisted.
+	m2, err := NewManager(Options{Persist: per, Now: c.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range m2.Grants() {
+		if g.ID == long.ID && !g.NotAfter.Equal(ends[long.ID]) {
+			t.Errorf("after a restart the grant ends %v, want %v", g.NotAfter, ends[long.ID])
+		}
+	}
+	// Raising the cap again does not lengthen anything.
+	if err := m.SetMaxGrant(SevenDays); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range m.Grants() {
+		if g.ID == long.ID && !g.NotAfter.Equal(ends[long.ID]) {
+			t.Errorf("raising the cap moved the grant's end to %v", g.NotAfter)
+		}
+	}
+}
+
 func TestResetDeniesClears(t *testing.T) {
 	m, _ := newTestManager(t, Options{})
 	ctx := context.Background()

@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/cache"
 	"github.com/agentidd/agentidd/internal/config"
 )
 
@@ -111,14 +114,32 @@ func (d *Daemon) loadPolicy() *config.Policy {
 	return p
 }
 
-// applyPolicy puts a policy in force; agents it no longer allows lose their grants and tokens first.
+// applyPolicy puts a policy in force: agents it no longer allows lose their grants and tokens first; then tokens for
+// resources or modes it no longer allows leave the cache, the store and their watchers (their grants stay, unusable
+// while the policy says no: loosening it again needs no new consent), and a shorter grant cap shortens the grants.
 func (d *Daemon) applyPolicy(p *config.Policy) {
 	for _, a := range d.config().Agents {
 		if ok, why := p.AllowsAgent(a.AppID); !ok {
 			d.dropAgent(a.AppID, why)
 		}
 	}
+	// In force before the purge, so that no request fetches again what the purge removes (a fetch already under way is
+	// discarded by the purge; a refresh asks the broker, which checks the policy too).
 	d.broker.SetPolicy(p)
+	refused := func(k cache.Key) bool {
+		ok, _ := p.Allows(k.AgentAppID, k.Mode, k.Resource)
+		return !ok
+	}
+	const reason = "the managed policy no longer allows this token"
+	if n := d.cache.PurgeMatching(refused, reason); n > 0 {
+		_, _ = d.audit.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: fmt.Sprintf("%s (%d tokens)", reason, n)})
+	}
+	if d.store != nil {
+		d.tokens.purge(func(s servedToken) bool { return refused(s.Key) })
+	}
+	if err := d.consent.SetMaxGrant(p.GrantCap()); err != nil {
+		d.log.Warn("grants shortened to the managed policy's cap, but not saved", "err", err)
+	}
 }
 
 // watchPolicy reloads the managed policy when its file changes.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +65,74 @@ func TestManagedPolicy(t *testing.T) {
 	}
 	if out := e.cli("grants"); out != "no grants\n" {
 		t.Errorf("grants after the policy took the agent away:\n%s", out)
+	}
+}
+
+// TestManagedPolicyNarrowsLive: a policy reload that stops allowing a resource takes that resource's tokens out of
+// the cache and the store and tells their watchers at once (the grant stays, unusable while the policy says no); a
+// lower max_grant shortens the grants already given.
+func TestManagedPolicyNarrowsLive(t *testing.T) {
+	policy := filepath.Join(t.TempDir(), "policy.toml")
+	write := func(text string) {
+		t.Helper()
+		tmp := policy + ".tmp"
+		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, policy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`allowed_resources = ["` + emutest.ResourceAppIDURI + `"]` + "\n")
+	t.Setenv("AGENTIDD_POLICY", policy)
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	e.tokenWithApproval(c, emutest.ResourceScopeRead) // approved for 1h
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{emutest.ResourceScopeRead}}
+	watchCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a missing revocation fails, not hangs
+	defer cancel()
+	watch, err := c.Agent.WatchToken(watchCtx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := watch.Recv(); err != nil || ev.GetToken() == nil {
+		t.Fatalf("first watch event: %v %v", ev, err)
+	}
+
+	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != float64(1) {
+		t.Fatalf("cached tokens before the reload: %v, want 1", st["cached_tokens"])
+	}
+	reloaded := time.Now()
+	write(`allowed_resources = ["api://somewhere-else.example"]` + "\nmax_grant = \"10m\"\n")
+	ev, err := watch.Recv()
+	if err != nil || ev.GetRevoked() == nil || !strings.Contains(ev.GetRevoked().GetReason(), "managed policy") {
+		t.Fatalf("watcher after the policy dropped the resource: %v %v, want a revocation naming the policy", ev, err)
+	}
+	if _, err := c.Agent.GetToken(context.Background(), req); status.Code(err) != codes.PermissionDenied || client.Reason(err) != "POLICY" {
+		t.Errorf("GetToken for the dropped resource: %v / %q, want PermissionDenied / POLICY", err, client.Reason(err))
+	}
+	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != nil { // protojson leaves out a zero count
+		t.Errorf("cached tokens after the policy dropped their resource: %v, want 0", st["cached_tokens"])
+	}
+	// The 1h grant now ends within the 10-minute cap.
+	out := e.cli("grants")
+	m := regexp.MustCompile(` until (\S+) via `).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("grants after the reload:\n%s", out)
+	}
+	until, err := time.Parse(time.RFC3339, m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := reloaded.Add(10*time.Minute + 5*time.Second); until.After(limit) {
+		t.Errorf("grant ends %v, want by %v (max_grant 10m)", until, limit)
+	}
+	// Nothing for the dropped resource survives a restart either.
+	e.stopDaemon()
+	e.startDaemon()
+	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != nil {
+		t.Errorf("cached tokens restored after a restart: %v, want 0", st["cached_tokens"])
 	}
 }
 
