@@ -502,7 +502,8 @@ func TestLifecycleIdPRevocationPurges(t *testing.T) {
 // TestLifecycleRefreshStorm: tokens fetched together are refreshed ahead spread over the jitter window, never as a
 // storm at the IdP. MSAL Go refuses OBO results with under 5 minutes left (docs/emulator.md), so the shortest usable
 // lifetime is 6 minutes and this test waits about 5 minutes: it runs only with AGENTIDD_E2E_STORM=1. The 5,000-token
-// version runs at the cache level on a fake clock (internal/cache TestRefreshSpreadAndConcurrencyCap).
+// version runs in make test against the real emulator with the daemon in process and its clock moved to the window
+// (internal/daemon TestRefreshStorm5000), and at the cache level on a fake clock (TestRefreshSpreadAndConcurrencyCap).
 func TestLifecycleRefreshStorm(t *testing.T) {
 	if os.Getenv("AGENTIDD_E2E_STORM") == "" {
 		t.Skip("takes about 5 minutes: set AGENTIDD_E2E_STORM=1")
