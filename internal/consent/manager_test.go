@@ -375,13 +375,15 @@ func TestSetDenyCooldown(t *testing.T) {
 func TestSetMaxGrant(t *testing.T) {
 	per := &memPersister{}
 	m, c := newTestManager(t, Options{Persist: per})
-	ctx := context.Background()
-	_, _ = m.Check(ctx, baseReq(), 0)
-	long := approve(t, m, SevenDays)
-	short := baseReq()
-	short.Resource = "api://short"
-	_, _ = m.Check(ctx, short, 0)
-	brief := approve(t, m, OneHour)
+	askAndApprove := func(resource string, d time.Duration) Grant {
+		t.Helper()
+		req := baseReq()
+		req.Resource = resource
+		_, _ = m.Check(context.Background(), req, 0)
+		return approve(t, m, d)
+	}
+	long := askAndApprove("api://long", SevenDays)
+	brief := askAndApprove("api://brief", OneHour)
 
 	c.Add(30 * time.Minute) // the 1h grant now has 30 minutes left
 	if err := m.SetMaxGrant(time.Hour); err != nil {
@@ -401,10 +403,7 @@ func TestSetMaxGrant(t *testing.T) {
 		t.Error("the Grant value handed out earlier changed under its holder")
 	}
 	// New grants obey the new cap.
-	third := baseReq()
-	third.Resource = "api://third"
-	_, _ = m.Check(ctx, third, 0)
-	if g := approve(t, m, EightHours); !g.NotAfter.Equal(c.Now().Add(time.Hour)) {
+	if g := askAndApprove("api://third", EightHours); !g.NotAfter.Equal(c.Now().Add(time.Hour)) {
 		t.Errorf("new 8h grant ends %v, want capped at 1h", g.NotAfter)
 	}
 	// The shortened end was persisted.

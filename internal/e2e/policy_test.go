@@ -20,20 +20,9 @@ import (
 // TestManagedPolicy: a policy that does not list the agent refuses it (PERMISSION_DENIED/POLICY); allowing it takes
 // effect live; taking it away again revokes its grant and pushes the revocation to a watcher, without a restart.
 func TestManagedPolicy(t *testing.T) {
-	policy := filepath.Join(t.TempDir(), "policy.toml")
-	write := func(text string) {
-		t.Helper()
-		tmp := policy + ".tmp"
-		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, policy); err != nil { // the way deployment tools replace files
-			t.Fatal(err)
-		}
-	}
+	write := policyFile(t)
 	const other = "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
 	write(`allowed_agents = ["` + other + `"]` + "\n")
-	t.Setenv("AGENTIDD_POLICY", policy)
 	e := newEnv(t, envOptions{})
 	e.login()
 	c := e.conn()
@@ -72,19 +61,8 @@ func TestManagedPolicy(t *testing.T) {
 // the cache and the store and tells their watchers at once (the grant stays, unusable while the policy says no); a
 // lower max_grant shortens the grants already given.
 func TestManagedPolicyNarrowsLive(t *testing.T) {
-	policy := filepath.Join(t.TempDir(), "policy.toml")
-	write := func(text string) {
-		t.Helper()
-		tmp := policy + ".tmp"
-		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, policy); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := policyFile(t)
 	write(`allowed_resources = ["` + emutest.ResourceAppIDURI + `"]` + "\n")
-	t.Setenv("AGENTIDD_POLICY", policy)
 	e := newEnv(t, envOptions{})
 	e.login()
 	c := e.conn()
@@ -133,6 +111,24 @@ func TestManagedPolicyNarrowsLive(t *testing.T) {
 	e.startDaemon()
 	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != nil {
 		t.Errorf("cached tokens restored after a restart: %v, want 0", st["cached_tokens"])
+	}
+}
+
+// policyFile points AGENTIDD_POLICY at a new file and returns how to replace its text, by rename, the way deployment
+// tools replace files.
+func policyFile(t *testing.T) func(text string) {
+	t.Helper()
+	policy := filepath.Join(t.TempDir(), "policy.toml")
+	t.Setenv("AGENTIDD_POLICY", policy)
+	return func(text string) {
+		t.Helper()
+		tmp := policy + ".tmp"
+		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, policy); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
