@@ -159,3 +159,47 @@ func TestRefreshStorm5000(t *testing.T) {
 }
 
 const oboGrant = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+// TestSuspendPastExpiryAgainstTheEmulator: the daemon's wall clock jumps past a cached token's expiry, as a laptop
+// waking from a long sleep sees it (Go's monotonic clock stood still). The token is never served again; the next
+// request is a new OBO exchange at the real emulator.
+func TestSuspendPastExpiryAgainstTheEmulator(t *testing.T) {
+	const lifetime = 10 * time.Minute // MSAL refuses OBO results with under 5 minutes left
+	clock := &jumpClock{}
+	clock.resumeAt(time.Now())
+	c, emu := lifecycleDaemonWith(t, lifecycleOptions{clock: clock.Now, tokenLifetime: lifetime})
+	approve, stopApproving := context.WithCancel(context.Background())
+	defer stopApproving()
+	go lifecycleApprover(approve, c)
+	req := &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
+		ConsentWait: durationpb.New(10 * time.Second)}
+	first, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopApproving()
+	again, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil || again.GetAccessToken() != first.GetAccessToken() || again.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_CACHE {
+		t.Fatalf("second request: %v (source %v), want the first token from the cache", err, again.GetSource())
+	}
+	emu.ResetCounters()
+
+	clock.resumeAt(time.Now().Add(lifetime + time.Minute)) // the grant (1 hour) outlives the jump; the token does not
+	after, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.GetAccessToken() == first.GetAccessToken() || after.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_IDP {
+		t.Errorf("after the jump past its expiry the token was served again (source %v)", after.GetSource())
+	}
+	if !after.GetExpiresAt().AsTime().After(clock.Now()) {
+		t.Errorf("new token expires %v, not after the daemon's now %v", after.GetExpiresAt().AsTime(), clock.Now())
+	}
+	cn, err := emu.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cn.ByGrantType[oboGrant]; got != 1 {
+		t.Errorf("OBO exchanges after the jump = %d, want 1", got)
+	}
+}
