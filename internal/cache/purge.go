@@ -148,7 +148,9 @@ func (c *Cache) PurgeMatching(match func(Key) bool, reason string) int {
 	}
 	n := c.purgeSetLocked(set, r, reason)
 	c.mu.Unlock()
-	c.log.Info("purged cached tokens", "scope", purgeMatching.String(), "count", n, "reason", reason)
+	if n > 0 { // it runs on every policy load, usually finding nothing: say only what it did
+		c.log.Info("purged cached tokens", "scope", purgeMatching.String(), "count", n, "reason", reason)
+	}
 	return n
 }
 

@@ -203,3 +203,59 @@ func TestSuspendPastExpiryAgainstTheEmulator(t *testing.T) {
 		t.Errorf("OBO exchanges after the jump = %d, want 1", got)
 	}
 }
+
+// TestRefreshAtRefreshInAgainstTheEmulator: the emulator sends refresh_in (half the lifetime for tokens of 2 hours or
+// more, as Entra does for long-lived tokens); the daemon refreshes at refresh_in ±10 %, not at 75 % of the lifetime.
+// The clock jumps to either side of that window and the scheduler (which wakes at least every 5 s) must act on it.
+func TestRefreshAtRefreshInAgainstTheEmulator(t *testing.T) {
+	const (
+		lifetime  = 2 * time.Hour
+		refreshIn = lifetime / 2 // the emulator's refresh_in
+		jitter    = refreshIn / 10
+	)
+	clock := &jumpClock{}
+	t0 := time.Now().Round(0)
+	clock.resumeAt(t0)
+	c, emu := lifecycleDaemonWith(t, lifecycleOptions{clock: clock.Now, tokenLifetime: lifetime,
+		extraConfig: `refresh_window = "3h"`})
+	approve, stopApproving := context.WithCancel(context.Background())
+	defer stopApproving()
+	go lifecycleApproverFor(approve, c, 8*time.Hour) // the grant must outlive the jumps
+	req := &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
+		ConsentWait: durationpb.New(10 * time.Second)}
+	first, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopApproving()
+	emu.ResetCounters()
+	obos := func() int {
+		cn, err := emu.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cn.ByGrantType[oboGrant]
+	}
+
+	clock.resumeAt(t0.Add(refreshIn - jitter - 2*time.Minute)) // before the window
+	time.Sleep(7 * time.Second)
+	if n := obos(); n != 0 {
+		t.Fatalf("%d refreshes before the refresh_in window opened", n)
+	}
+	clock.resumeAt(t0.Add(refreshIn + jitter + time.Minute)) // past it, long before 75 % of the lifetime (1h30m)
+	deadline := time.Now().Add(20 * time.Second)
+	for obos() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no refresh within 20 s of passing the refresh_in window")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	again, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_CACHE || again.GetAccessToken() == first.GetAccessToken() {
+		t.Errorf("after the refresh: source %v, same token %v; want the refreshed token from the cache",
+			again.GetSource(), again.GetAccessToken() == first.GetAccessToken())
+	}
+}

@@ -160,13 +160,16 @@ sha256 = %q
 	return c, emu
 }
 
-// lifecycleApprover approves every pending consent request until ctx ends.
-func lifecycleApprover(ctx context.Context, c *client.Conn) {
+// lifecycleApprover approves every pending consent request for an hour, until ctx ends.
+func lifecycleApprover(ctx context.Context, c *client.Conn) { lifecycleApproverFor(ctx, c, time.Hour) }
+
+// lifecycleApproverFor is lifecycleApprover with grants of length d (1h, 8h or 7d).
+func lifecycleApproverFor(ctx context.Context, c *client.Conn, d time.Duration) {
 	for ctx.Err() == nil {
 		list, err := c.Admin.ListConsentRequests(ctx, &agentidv1.ListConsentRequestsRequest{})
 		if err == nil {
 			for _, r := range list.GetRequests() {
-				_, _ = c.Admin.DecideConsent(ctx, &agentidv1.DecideConsentRequest{Id: r.GetId(), Allow: true, Duration: durationpb.New(time.Hour)})
+				_, _ = c.Admin.DecideConsent(ctx, &agentidv1.DecideConsentRequest{Id: r.GetId(), Allow: true, Duration: durationpb.New(d)})
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
