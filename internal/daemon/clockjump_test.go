@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
@@ -61,18 +62,13 @@ func TestRefreshStorm5000(t *testing.T) {
 	c, emu := lifecycleDaemonWith(t, lifecycleOptions{clock: clock.Now, tokenLifetime: lifetime,
 		extraConfig: fmt.Sprintf("max_tokens_per_agent = %d", n)})
 
-	approve, stopApproving := context.WithCancel(context.Background())
-	go lifecycleApprover(approve, c)
 	// n keys under one grant: the same scope, n distinct claims challenges (each its own cache key, DESIGN.md §6).
 	request := func(i int) *agentidv1.GetTokenRequest {
-		return &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
-			Claims:      fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, 1700000000+i),
-			ConsentWait: durationpb.New(10 * time.Second)}
+		r := readRequest()
+		r.Claims = fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, 1700000000+i)
+		return r
 	}
-	if _, err := c.Agent.GetToken(context.Background(), request(0)); err != nil {
-		t.Fatal(err)
-	}
-	stopApproving()
+	approvedToken(t, c, request(0), time.Hour)
 
 	fillStart := time.Now()
 	var next atomic.Int64
@@ -160,6 +156,25 @@ func TestRefreshStorm5000(t *testing.T) {
 
 const oboGrant = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
+// readRequest asks for the test resource's read scope, waiting up to 10 s for consent.
+func readRequest() *agentidv1.GetTokenRequest {
+	return &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
+		ConsentWait: durationpb.New(10 * time.Second)}
+}
+
+// approvedToken gets req's token while approving its consent request with a grant of length d (1h, 8h or 7d).
+func approvedToken(t *testing.T, c *client.Conn, req *agentidv1.GetTokenRequest, d time.Duration) *agentidv1.GetTokenResponse {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go lifecycleApproverFor(ctx, c, d)
+	resp, err := c.Agent.GetToken(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 // TestSuspendPastExpiryAgainstTheEmulator: the daemon's wall clock jumps past a cached token's expiry, as a laptop
 // waking from a long sleep sees it (Go's monotonic clock stood still). The token is never served again; the next
 // request is a new OBO exchange at the real emulator.
@@ -168,16 +183,8 @@ func TestSuspendPastExpiryAgainstTheEmulator(t *testing.T) {
 	clock := &jumpClock{}
 	clock.resumeAt(time.Now())
 	c, emu := lifecycleDaemonWith(t, lifecycleOptions{clock: clock.Now, tokenLifetime: lifetime})
-	approve, stopApproving := context.WithCancel(context.Background())
-	defer stopApproving()
-	go lifecycleApprover(approve, c)
-	req := &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
-		ConsentWait: durationpb.New(10 * time.Second)}
-	first, err := c.Agent.GetToken(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopApproving()
+	req := readRequest()
+	first := approvedToken(t, c, req, time.Hour)
 	again, err := c.Agent.GetToken(context.Background(), req)
 	if err != nil || again.GetAccessToken() != first.GetAccessToken() || again.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_CACHE {
 		t.Fatalf("second request: %v (source %v), want the first token from the cache", err, again.GetSource())
@@ -218,16 +225,8 @@ func TestRefreshAtRefreshInAgainstTheEmulator(t *testing.T) {
 	clock.resumeAt(t0)
 	c, emu := lifecycleDaemonWith(t, lifecycleOptions{clock: clock.Now, tokenLifetime: lifetime,
 		extraConfig: `refresh_window = "3h"`})
-	approve, stopApproving := context.WithCancel(context.Background())
-	defer stopApproving()
-	go lifecycleApproverFor(approve, c, 8*time.Hour) // the grant must outlive the jumps
-	req := &agentidv1.GetTokenRequest{Agent: lifecycleAgent, Scopes: []string{emutest.ResourceScopeRead},
-		ConsentWait: durationpb.New(10 * time.Second)}
-	first, err := c.Agent.GetToken(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopApproving()
+	req := readRequest()
+	first := approvedToken(t, c, req, 8*time.Hour) // the grant must outlive the jumps
 	emu.ResetCounters()
 	obos := func() int {
 		cn, err := emu.Counters()
