@@ -101,6 +101,13 @@ func NewPrompter() Prompter {
 	return choose()
 }
 
+// Alerter is implemented by prompters that can also just tell the user something only they can fix (their sign-in
+// is gone, the identity provider refused an agent identity), without asking a question. The daemon uses the prompter's
+// channel when it has one; without it (headless), the log and `agentidd status` say it anyway.
+type Alerter interface {
+	Alert(ctx context.Context, title, body string) error
+}
+
 // Caps on agent-supplied text. Long enough to be useful, short enough that
 // an agent cannot push the real facts (program, resource) off the screen.
 const (

@@ -117,6 +117,7 @@ func (a *admin) Login(_ *agentidv1.LoginRequest, stream agentidv1.Admin_LoginSer
 		return status.Error(codes.Unauthenticated, "sign-in failed: "+entra.Classify(err).Error())
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventSignIn, Outcome: audit.OutcomeOK, User: audit.User{OID: acct.OID, UPN: acct.UPN}})
+	d.alerts.forget("user:" + acct.OID)
 	return stream.Send(&agentidv1.LoginEvent{UserUpn: acct.UPN, UserOid: acct.OID, Message: "signed in as " + acct.UPN})
 }
 

@@ -72,6 +72,7 @@ type Daemon struct {
 	selfHash string
 	inspect  platform.ProcessInspector
 	now      func() time.Time
+	alerts   *alerter
 	started  time.Time
 	sec      *secretsRuntime
 	// auditBroken freezes the audit anchor once the log failed verification, so the evidence is not overwritten.
@@ -173,9 +174,11 @@ func run(ctx context.Context, o Options) error {
 		Log:           d.log,
 	})
 	policy := d.loadPolicy()
+	prompter := platform.NewPrompter()
+	d.alerts = newAlerter(prompter, d.now, d.log)
 	d.consent, err = consent.NewManager(consent.Options{
 		MaxGrant:     policy.GrantCap(),
-		Prompter:     platform.NewPrompter(),
+		Prompter:     prompter,
 		Persist:      d.consentPersister(),
 		DenyCooldown: cfg.DenyCooldown.Duration,
 		OnRevoke:     d.onGrantRevoked,
@@ -362,11 +365,25 @@ func (d *Daemon) onPermanent(k cache.Key, err error) {
 		if d.store != nil {
 			d.tokens.purge(func(s servedToken) bool { return s.Key.UserOID == k.UserOID })
 		}
+		who := k.UserOID
+		if a := d.idp.Account(); a != nil && a.OID == k.UserOID && a.UPN != "" {
+			who = a.UPN
+		}
+		d.alerts.alert("user:"+k.UserOID, "agentidd: sign in again",
+			"Your sign-in as "+who+" is no longer valid ("+e.Error()+"). Agents cannot get tokens for you until you run: agentidd login")
 	case entra.SubjectAgent:
 		n = d.cache.PurgeAgent(k.AgentAppID, "agent identity refused: "+e.Error())
 		if d.store != nil {
 			d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == k.AgentAppID })
 		}
+		name := k.AgentAppID
+		for _, a := range d.config().Agents {
+			if a.AppID == k.AgentAppID {
+				name = a.Name + " (" + k.AgentAppID + ")"
+			}
+		}
+		d.alerts.alert("agent:"+k.AgentAppID, "agentidd: an agent identity was refused",
+			"The identity provider refused agent "+name+": "+e.Error()+". It gets no tokens until that is fixed: check the agent in Entra and the blueprint credential (agentidd secret set).")
 	default:
 		if d.store != nil {
 			d.tokens.remove(k)

@@ -569,3 +569,35 @@ func TestConsentDelegationChain(t *testing.T) {
 		t.Fatalf("delegated grant %s outlived its parent: %v", m[1], ids)
 	}
 }
+
+// TestSignInRevokedAlertsTheUser: when the identity provider revokes the user's sign-in, the daemon purges, answers
+// SIGNIN_REQUIRED, and tells the user on the desktop to sign in again: once, however many tokens fail with it.
+func TestSignInRevokedAlertsTheUser(t *testing.T) {
+	n := consentDesktop(t)
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	read := []string{emutest.ResourceScopeRead}
+	e.tokenWithApproval(c, read...)
+	prompt := n.nextShown(t, "the consent prompt") // approved from the terminal
+	n.waitClosed(t, prompt.ID, "the consent prompt answered in the terminal")
+
+	e.emu.RevokeUserSessions(emutest.DefaultUserUPN)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: read, ForceRefresh: true}
+	if _, err := c.Agent.GetToken(context.Background(), req); status.Code(err) != codes.Unauthenticated || client.Reason(err) != "SIGNIN_REQUIRED" {
+		t.Fatalf("forced refresh after the revocation: %v / %q, want Unauthenticated / SIGNIN_REQUIRED", err, client.Reason(err))
+	}
+	alert := n.nextShown(t, "the sign-in alert")
+	for _, want := range []string{emutest.DefaultUserUPN, "agentidd login", "AADSTS50173"} {
+		if !strings.Contains(alert.Summary+" "+alert.Body, want) {
+			t.Errorf("alert %q / %q does not say %q", alert.Summary, alert.Body, want)
+		}
+	}
+	if len(alert.Actions) != 0 {
+		t.Errorf("alert has actions %v: it asks nothing", alert.Actions)
+	}
+	for range 3 {
+		_, _ = c.Agent.GetToken(context.Background(), req)
+	}
+	n.none(t, "more failures of the same revoked sign-in")
+}

@@ -42,6 +42,13 @@ var _ platform.Prompter = (*DialogPrompter)(nil)
 // Name implements platform.Prompter.
 func (p *DialogPrompter) Name() string { return "osascript" }
 
+var _ platform.Alerter = (*DialogPrompter)(nil)
+
+// Alert implements platform.Alerter with a notification.
+func (p *DialogPrompter) Alert(ctx context.Context, title, body string) error {
+	return exec.CommandContext(ctx, p.osascript, "-e", alertScript(title, body)).Run()
+}
+
 // Prompt implements platform.Prompter.
 func (p *DialogPrompter) Prompt(ctx context.Context, pr platform.Prompt) (platform.PromptDecision, error) {
 	secs := timeoutSeconds(pr.Timeout)

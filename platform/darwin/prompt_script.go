@@ -67,6 +67,11 @@ func notificationScript(p platform.Prompt) string {
 		" subtitle " + AppleScriptString("Answer in a terminal: agentidd consent approve "+p.RequestID)
 }
 
+// alertScript shows a notification that needs no answer.
+func alertScript(title, body string) string {
+	return "display notification " + AppleScriptString(body) + " with title " + AppleScriptString(title)
+}
+
 func timeoutSeconds(d time.Duration) int {
 	if d <= 0 {
 		d = 2 * time.Minute

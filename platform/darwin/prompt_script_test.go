@@ -124,3 +124,23 @@ func TestTimeoutSeconds(t *testing.T) {
 		}
 	}
 }
+
+// The alert's text comes partly from the identity provider's error (quotes, backslashes, line breaks): it must stay
+// inside its literals.
+func TestAlertScript(t *testing.T) {
+	title, body := `agentidd: sign in "again"`, "AADSTS50173: revoked \\ \"session\"\nrun: agentidd login"
+	script := alertScript(title, body)
+	rest, ok := strings.CutPrefix(script, "display notification ")
+	if !ok {
+		t.Fatalf("script %q", script)
+	}
+	gotBody, rest := parseLiteral(t, rest)
+	rest, ok = strings.CutPrefix(rest, " with title ")
+	if !ok {
+		t.Fatalf("script %q", script)
+	}
+	gotTitle, rest := parseLiteral(t, rest)
+	if gotBody != body || gotTitle != title || rest != "" {
+		t.Errorf("alertScript round trip: body %q title %q rest %q", gotBody, gotTitle, rest)
+	}
+}

@@ -184,6 +184,21 @@ func (p *NotifyPrompter) Prompt(ctx context.Context, pr platform.Prompt) (platfo
 	}
 }
 
+var _ platform.Alerter = (*NotifyPrompter)(nil)
+
+// Alert implements platform.Alerter: a normal-urgency notification with no actions, which the server expires by its
+// own rules.
+func (p *NotifyPrompter) Alert(ctx context.Context, title, body string) error {
+	conn, err := dbus.Connect(p.addr, dbus.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("connect session bus: %w", err)
+	}
+	defer conn.Close()
+	hints := map[string]dbus.Variant{"urgency": dbus.MakeVariant(byte(1))}
+	return conn.Object(notifyName, notifyPath).CallWithContext(ctx, notifyIface+".Notify", 0,
+		"agentidd", uint32(0), "dialog-warning", title, escapeMarkup(body), []string{}, hints, int32(-1)).Err
+}
+
 // notify is deliberately not bound to the prompt's ctx: a cancellation
 // racing with the call would leave a notification on screen whose id we
 // never learnt and so cannot close.

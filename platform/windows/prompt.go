@@ -49,6 +49,30 @@ var _ platform.Prompter = (*MessagePrompter)(nil)
 // Name implements platform.Prompter.
 func (p *MessagePrompter) Name() string { return "wts-message" }
 
+var _ platform.Alerter = (*MessagePrompter)(nil)
+
+// Alert implements platform.Alerter: an OK message box that the call does not wait for (bWait false), gone after
+// an hour if nobody closes it.
+func (p *MessagePrompter) Alert(_ context.Context, title, body string) error {
+	t16, err := windows.UTF16FromString(title)
+	if err != nil {
+		return err
+	}
+	b16, err := windows.UTF16FromString(body)
+	if err != nil {
+		return err
+	}
+	var resp uint32
+	r, _, callErr := procWTSSendMessageW.Call(0, uintptr(p.session),
+		uintptr(unsafe.Pointer(&t16[0])), uintptr((len(t16)-1)*2),
+		uintptr(unsafe.Pointer(&b16[0])), uintptr((len(b16)-1)*2),
+		alertStyle, 3600, uintptr(unsafe.Pointer(&resp)), 0)
+	if r == 0 {
+		return fmt.Errorf("WTSSendMessageW: %w", callErr)
+	}
+	return nil
+}
+
 // Prompt implements platform.Prompter. WTSSendMessageW cannot be
 // cancelled: when ctx ends first (answered from the terminal), Prompt
 // returns at once and the box stays until its own timeout, and its answer

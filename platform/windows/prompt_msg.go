@@ -21,7 +21,10 @@ const (
 	mbSetForeground = 0x00010000
 	mbTopmost       = 0x00040000
 
+	mbOK = 0x00000000
+
 	promptStyle = mbYesNo | mbIconWarning | mbDefButton2 | mbSetForeground | mbTopmost
+	alertStyle  = mbOK | mbIconWarning | mbSetForeground
 
 	idYes     = 6
 	idNo      = 7
