@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -370,20 +371,21 @@ func (d *Daemon) onPermanent(k cache.Key, err error) {
 			who = a.UPN
 		}
 		d.alerts.alert("user:"+k.UserOID, "agentidd: sign in again",
-			"Your sign-in as "+who+" is no longer valid ("+e.Error()+"). Agents cannot get tokens for you until you run: agentidd login")
+			"Your sign-in as "+who+" is no longer valid ("+strings.TrimSuffix(e.Error(), ".")+"). Agents cannot get tokens for you until you run: agentidd login")
 	case entra.SubjectAgent:
 		n = d.cache.PurgeAgent(k.AgentAppID, "agent identity refused: "+e.Error())
 		if d.store != nil {
 			d.tokens.purge(func(s servedToken) bool { return s.Key.AgentAppID == k.AgentAppID })
 		}
-		name := k.AgentAppID
+		var names []string // several configured agents may share one agent identity
 		for _, a := range d.config().Agents {
 			if a.AppID == k.AgentAppID {
-				name = a.Name + " (" + k.AgentAppID + ")"
+				names = append(names, a.Name)
 			}
 		}
 		d.alerts.alert("agent:"+k.AgentAppID, "agentidd: an agent identity was refused",
-			"The identity provider refused agent "+name+": "+e.Error()+". It gets no tokens until that is fixed: check the agent in Entra and the blueprint credential (agentidd secret set).")
+			"The identity provider refused agent identity "+k.AgentAppID+" ("+strings.Join(names, ", ")+"): "+
+				strings.TrimSuffix(e.Error(), ".")+". Those agents get no tokens until that is fixed: check the agent in Entra and the blueprint credential (agentidd secret set).")
 	default:
 		if d.store != nil {
 			d.tokens.remove(k)

@@ -601,3 +601,29 @@ func TestSignInRevokedAlertsTheUser(t *testing.T) {
 	}
 	n.none(t, "more failures of the same revoked sign-in")
 }
+
+// TestAgentRefusedAlertsTheUser: an agent identity disabled at the identity provider is purged, answers
+// AGENT_REJECTED, and the user is told which agent and what to check.
+func TestAgentRefusedAlertsTheUser(t *testing.T) {
+	n := consentDesktop(t)
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	read := []string{emutest.ResourceScopeRead}
+	e.tokenWithApproval(c, read...)
+	n.waitClosed(t, n.nextShown(t, "the consent prompt").ID, "the consent prompt answered in the terminal")
+
+	e.emu.SetAgentEnabled(emutest.AgentAppID, false)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: read, ForceRefresh: true}
+	if _, err := c.Agent.GetToken(context.Background(), req); status.Code(err) != codes.PermissionDenied || client.Reason(err) != "AGENT_REJECTED" {
+		t.Fatalf("forced refresh with the agent disabled: %v / %q, want PermissionDenied / AGENT_REJECTED", err, client.Reason(err))
+	}
+	alert := n.nextShown(t, "the agent alert")
+	for _, want := range []string{testAgent, emutest.AgentAppID, "AADSTS7000112", "agentidd secret set"} {
+		if !strings.Contains(alert.Summary+" "+alert.Body, want) {
+			t.Errorf("alert %q / %q does not say %q", alert.Summary, alert.Body, want)
+		}
+	}
+	_, _ = c.Agent.GetToken(context.Background(), req)
+	n.none(t, "another failure of the same agent")
+}
