@@ -570,17 +570,24 @@ func TestConsentDelegationChain(t *testing.T) {
 	}
 }
 
-// TestSignInRevokedAlertsTheUser: when the identity provider revokes the user's sign-in, the daemon purges, answers
-// SIGNIN_REQUIRED, and tells the user on the desktop to sign in again: once, however many tokens fail with it.
-func TestSignInRevokedAlertsTheUser(t *testing.T) {
+// alertEnv is a signed-in daemon on a private desktop bus with one approved grant; its consent prompt (answered in
+// the terminal) is already taken off the notifier, so the next notification is what the test is about.
+func alertEnv(t *testing.T) (*consentNotifier, *env, *client.Conn, []string) {
+	t.Helper()
 	n := consentDesktop(t)
 	e := newEnv(t, envOptions{})
 	e.login()
 	c := e.conn()
 	read := []string{emutest.ResourceScopeRead}
 	e.tokenWithApproval(c, read...)
-	prompt := n.nextShown(t, "the consent prompt") // approved from the terminal
-	n.waitClosed(t, prompt.ID, "the consent prompt answered in the terminal")
+	n.waitClosed(t, n.nextShown(t, "the consent prompt").ID, "the consent prompt answered in the terminal")
+	return n, e, c, read
+}
+
+// TestSignInRevokedAlertsTheUser: when the identity provider revokes the user's sign-in, the daemon purges, answers
+// SIGNIN_REQUIRED, and tells the user on the desktop to sign in again: once, however many tokens fail with it.
+func TestSignInRevokedAlertsTheUser(t *testing.T) {
+	n, e, c, read := alertEnv(t)
 
 	e.emu.RevokeUserSessions(emutest.DefaultUserUPN)
 	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: read, ForceRefresh: true}
@@ -605,13 +612,7 @@ func TestSignInRevokedAlertsTheUser(t *testing.T) {
 // TestAgentRefusedAlertsTheUser: an agent identity disabled at the identity provider is purged, answers
 // AGENT_REJECTED, and the user is told which agent and what to check.
 func TestAgentRefusedAlertsTheUser(t *testing.T) {
-	n := consentDesktop(t)
-	e := newEnv(t, envOptions{})
-	e.login()
-	c := e.conn()
-	read := []string{emutest.ResourceScopeRead}
-	e.tokenWithApproval(c, read...)
-	n.waitClosed(t, n.nextShown(t, "the consent prompt").ID, "the consent prompt answered in the terminal")
+	n, e, c, read := alertEnv(t)
 
 	e.emu.SetAgentEnabled(emutest.AgentAppID, false)
 	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: read, ForceRefresh: true}
