@@ -127,6 +127,13 @@ func RemoveBuild() {
 	}
 }
 
+// Main is a TestMain for packages whose tests start the emulator: it runs them, removes the binary, and exits.
+func Main(m *testing.M) {
+	code := m.Run()
+	RemoveBuild()
+	os.Exit(code)
+}
+
 // Start runs the emulator and stops it when the test ends.
 func Start(tb testing.TB, opts Options) *Emulator {
 	tb.Helper()
