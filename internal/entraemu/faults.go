@@ -109,9 +109,9 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, 
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
-			return true
+			abortResponse()
 		case <-e.closing:
-			return true
+			abortResponse()
 		}
 		return false
 	case FaultStatus:
@@ -133,7 +133,7 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, 
 		case <-r.Context().Done():
 		case <-e.closing:
 		}
-		return true
+		abortResponse()
 	case FaultReset:
 		resetConn(w)
 		return true
@@ -141,15 +141,21 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, 
 	return false
 }
 
+// abortResponse ends a held request without an answer. Returning from the handler instead would make net/http send an
+// empty 200, which a client whose deadline raced with it could read as a token response.
+func abortResponse() {
+	panic(http.ErrAbortHandler) // net/http recovers this sentinel silently and drops the response
+}
+
 // resetConn closes the connection with an RST so the client sees "connection reset by peer", not a clean EOF.
 func resetConn(w http.ResponseWriter) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		panic(http.ErrAbortHandler) // HTTP/2: abort the stream; net/http recovers this sentinel silently
+		abortResponse() // HTTP/2: abort the stream
 	}
 	conn, _, err := hj.Hijack()
 	if err != nil {
-		panic(http.ErrAbortHandler)
+		abortResponse()
 	}
 	raw := conn
 	if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
