@@ -16,7 +16,7 @@ GRPCURL_VERSION := v1.9.3
 APT_PACKAGES := gnome-keyring dbus libsecret-tools protobuf-compiler wine64 gcc-mingw-w64-x86-64
 CROSS_TARGETS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
 
-.PHONY: all build demo test test-go test-windows deps apt-deps tools lint vet staticcheck fmt-check proto proto-check cross bench fuzz clean
+.PHONY: all build demo test test-go test-windows deps apt-deps tools lint vet staticcheck fmt-check mod-check proto proto-check cross bench fuzz clean
 
 all: build
 
@@ -62,13 +62,17 @@ $(TOOLS)/protoc-gen-go-grpc:
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-lint: vet staticcheck fmt-check
+lint: vet staticcheck fmt-check mod-check
 
 vet:
 	$(GO) vet ./...
 
 staticcheck: $(TOOLS)/staticcheck
 	$(TOOLS)/staticcheck ./...
+
+# go.mod must say what the code imports, no more and no less.
+mod-check:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$') $$(git ls-files -o --exclude-standard '*.go')); \

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	// testdata/msi-probe is built with this module's go.mod, and go mod tidy does not look inside testdata: without this
+	// import it would drop the module the probe needs.
+	_ "github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
