@@ -31,7 +31,19 @@ const MaxExeSize = 512 << 20
 type Process struct {
 	PID, PPID, UID int
 	ExePath        string
-	StartTime      uint64
+	// Image opens the running executable image itself, where the OS has such a handle (Linux: /proc/<pid>/exe). It
+	// differs from ExePath when the process sees another file at that path than the daemon does: a process in its own
+	// mount namespace can bind-mount any program over a bound agent's path and exec it.
+	Image     string
+	StartTime uint64
+}
+
+// ImageToHash is the path attestation hashes: the running image where the OS can open it, else the file at ExePath.
+func (p Process) ImageToHash() string {
+	if p.Image != "" {
+		return p.Image
+	}
+	return p.ExePath
 }
 
 // ProcessInspector reads facts about processes for attestation.

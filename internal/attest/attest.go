@@ -134,7 +134,7 @@ func (a *Attestor) Attest(peer platform.Process, agent Agent) (Result, error) {
 		pathMatched = true
 		na.Expected = append(na.Expected, prefix(b.SHA256))
 		if found == "" && digestErr == nil {
-			found, digestErr = a.ins.ExeDigest(peer.ExePath)
+			found, digestErr = a.ins.ExeDigest(peer.ImageToHash())
 		}
 		if found != "" && strings.EqualFold(found, b.SHA256) {
 			return Result{Agent: agent.Name, Via: ViaExe, ExePath: peer.ExePath, SHA256: found}, nil
@@ -148,7 +148,7 @@ func (a *Attestor) Attest(peer platform.Process, agent Agent) (Result, error) {
 		res := Result{Agent: agent.Name, Via: ViaLaunch, ExePath: peer.ExePath, SHA256: found}
 		if res.SHA256 == "" && peer.ExePath != "" {
 			// For the audit record only; a launch binding does not depend on it.
-			res.SHA256, _ = a.ins.ExeDigest(peer.ExePath)
+			res.SHA256, _ = a.ins.ExeDigest(peer.ImageToHash())
 		}
 		return res, nil
 	}

@@ -41,7 +41,7 @@ func (d *Daemon) checkAdminPeer(ctx context.Context) error {
 	if exe != d.selfExe {
 		return status.Errorf(codes.PermissionDenied, "admin calls are allowed only from the agentidd binary %s, not %s", d.selfExe, proc.ExePath)
 	}
-	sum, err := d.inspect.ExeDigest(exe)
+	sum, err := d.inspect.ExeDigest(proc.ImageToHash())
 	if err != nil || sum != d.selfHash {
 		return status.Error(codes.PermissionDenied, "admin calls are allowed only from the agentidd binary (hash differs: was it replaced?)")
 	}

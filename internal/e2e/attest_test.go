@@ -51,3 +51,50 @@ sha256 = %q
 		t.Fatalf("changed binary: %s", out)
 	}
 }
+
+// TestBindMountedImpostorIsRefused: a process in its own mount namespace (an unprivileged user namespace is enough)
+// bind-mounts another program over a bound agent's path and execs it. The daemon, reading the path in its own
+// namespace, would find the bound file and its hash; it must hash the image the process actually runs.
+func TestBindMountedImpostorIsRefused(t *testing.T) {
+	if err := exec.Command("unshare", "-rm", "true").Run(); err != nil {
+		t.Skipf("no unprivileged mount namespaces here (unshare -rm: %v)", err)
+	}
+	_, demo := binaries(t)
+	dir := t.TempDir()
+	bound, impostor := filepath.Join(dir, "bound-agent"), filepath.Join(dir, "impostor")
+	raw, err := os.ReadFile(demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The impostor is the same program with one byte appended: it behaves identically, so only attestation tells them
+	// apart.
+	if err := os.WriteFile(bound, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(impostor, append(raw, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{extraConfig: fmt.Sprintf(`
+[[agent]]
+name = "bound-agent"
+app_id = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f"
+[[agent.binding]]
+exe = %q
+sha256 = %q
+`, bound, sha256File(t, bound))})
+	e.login()
+	run := func(name string, args ...string) string {
+		cmd := exec.Command(name, args...)
+		cmd.Env = e.environ()
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := run(bound, "-agent", "bound-agent", "-consent-wait", "0s"); !strings.Contains(out, "CONSENT_PENDING") {
+		t.Fatalf("the bound binary itself: %s", out)
+	}
+	out := run("unshare", "-rm", "sh", "-c", `mount --bind "$0" "$1" && exec "$1" -agent bound-agent -consent-wait 0s`,
+		impostor, bound)
+	if !strings.Contains(out, "NOT_ATTESTED") {
+		t.Fatalf("impostor mounted over the bound path: %s", out)
+	}
+}

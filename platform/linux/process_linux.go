@@ -71,7 +71,8 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	// Kernel threads have no exe; other users' processes give EACCES unless
 	// we are root. Either way attestation has nothing to match, so it is an
 	// error rather than an empty path.
-	exe, err := os.Readlink(filepath.Join(dir, "exe"))
+	image := filepath.Join(dir, "exe")
+	exe, err := os.Readlink(image)
 	if err != nil {
 		return platform.Process{}, procErr(pid, err)
 	}
@@ -82,7 +83,7 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	} else if _, start2, err := parseStat(stat2); err != nil || start2 != start {
 		return platform.Process{}, fmt.Errorf("inspect pid %d: process changed while being read: %w", pid, platform.ErrNoSuchProcess)
 	}
-	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, StartTime: start}, nil
+	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, Image: image, StartTime: start}, nil
 }
 
 // ExeDigest returns the cached hex SHA-256 of the file at path.

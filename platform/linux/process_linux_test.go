@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,10 @@ func TestInspectSelf(t *testing.T) {
 	}
 	if got != hex.EncodeToString(want[:]) {
 		t.Errorf("ExeDigest = %s, want %x", got, want)
+	}
+	// The running image hashes the same when, as here, nothing is mounted over its path.
+	if img, err := ins.ExeDigest(p.ImageToHash()); err != nil || img != got || p.Image != fmt.Sprintf("/proc/%d/exe", p.PID) {
+		t.Errorf("image %q hashes to %s (%v), want %s", p.Image, img, err, got)
 	}
 }
 
