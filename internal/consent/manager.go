@@ -22,6 +22,13 @@ const (
 	expireEvery          = time.Second
 	subscriberBuffer     = 16
 	stateVersion         = 1
+
+	// maxPendingPerAgent bounds the prompts one agent can have open at once. Identical requests join one
+	// prompt, so only distinct questions count: a well-behaved agent asks a few at a time (one per resource, or
+	// per task an orchestrator runs in parallel), and more than 8 unanswered questions from one program is
+	// already more than a user can weigh. Without a cap, varying task ids or scopes, limited only by the
+	// token rate limit, would bury the user in prompts until one is clicked Allow.
+	maxPendingPerAgent = 8
 )
 
 // Manager holds grants, remembered denials and pending consent requests.
@@ -50,13 +57,14 @@ type Manager struct {
 }
 
 // deny is a remembered "no". It blocks identical requests and requests for
-// more scopes (a superset); a request for fewer scopes may ask again.
+// more scopes (a superset); a request for fewer scopes may ask again. It
+// holds for every task: a task id is the agent's own label, and a fresh one
+// must not reopen a question the user has just answered.
 type deny struct {
 	UserOID    string    `json:"user_oid"`
 	AgentAppID string    `json:"agent_app_id"`
 	Mode       string    `json:"mode"`
 	Resource   string    `json:"resource"`
-	TaskID     string    `json:"task_id,omitempty"`
 	Chain      []string  `json:"chain,omitempty"`
 	Scopes     []string  `json:"scopes"`
 	Until      time.Time `json:"until"`
@@ -65,7 +73,7 @@ type deny struct {
 
 func (d deny) blocks(r Request) bool {
 	return d.UserOID == r.UserOID && d.AgentAppID == r.AgentAppID && d.Mode == r.Mode &&
-		d.Resource == r.Resource && d.TaskID == r.TaskID && slices.Equal(d.Chain, r.Chain) &&
+		d.Resource == r.Resource && slices.Equal(d.Chain, r.Chain) &&
 		subset(d.Scopes, r.Scopes)
 }
 
@@ -158,7 +166,10 @@ func (m *Manager) now() time.Time { return m.o.Now().Round(0) }
 //   - wait <= 0, or no answer within wait: *PendingError (the request stays open);
 //   - the user allowed: the new grant;
 //   - the user denied: *DeniedError{Remembered: true}; identical requests
-//     (or ones asking for more scopes) fail at once until the cool-down ends;
+//     (or ones asking for more scopes), for any task, fail at once until the
+//     cool-down ends;
+//   - a new question while the agent already has maxPendingPerAgent open:
+//     *DeniedError wrapping ErrTooManyPending, with no prompt;
 //   - nobody answered before PromptTimeout, the prompt was dismissed or the
 //     task ended: *DeniedError{Remembered: false}; the next request asks again.
 func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (Grant, error) {
@@ -203,6 +214,15 @@ func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (G
 	k := key(req)
 	p, joined := m.pending[k]
 	if !joined {
+		if n := m.openByAgentLocked(req); n >= maxPendingPerAgent {
+			m.mu.Unlock()
+			m.revokedBoth(expired, orphaned)
+			m.log.Warn("consent request refused: too many open requests from this agent", "agent", req.AgentName,
+				"app_id", req.AgentAppID, "open", n, "resource", req.Resource, "task_id", req.TaskID)
+			return Grant{}, &DeniedError{Err: ErrTooManyPending, Reason: fmt.Sprintf(
+				"agent %q already has %d consent requests waiting for the user; answer them (`agentidd consent list`) or let them time out",
+				req.AgentName, n)}
+		}
 		p = m.openLocked(req, k, now)
 	}
 	m.mu.Unlock()
@@ -320,6 +340,19 @@ func (m *Manager) orphansLocked() []Grant {
 		}
 	}
 	return out
+}
+
+// openByAgentLocked counts the open requests of req's agent. A scan, not a
+// counter: it is bounded by agents × maxPendingPerAgent and cannot drift
+// from m.pending.
+func (m *Manager) openByAgentLocked(req Request) int {
+	n := 0
+	for _, p := range m.pending {
+		if p.req.AgentAppID == req.AgentAppID && p.req.AgentName == req.AgentName {
+			n++
+		}
+	}
+	return n
 }
 
 func (m *Manager) openLocked(req Request, k string, now time.Time) *pending {
@@ -507,7 +540,7 @@ func (m *Manager) settle(p *pending, o outcome) (Grant, error) {
 		until := now.Add(m.o.DenyCooldown)
 		m.denies = append(m.denies, deny{
 			UserOID: req.UserOID, AgentAppID: req.AgentAppID, Mode: req.Mode, Resource: req.Resource,
-			TaskID: req.TaskID, Chain: req.Chain, Scopes: req.Scopes, Until: until, RequestID: req.ID,
+			Chain: req.Chain, Scopes: req.Scopes, Until: until, RequestID: req.ID,
 		})
 		p.err = &DeniedError{RequestID: req.ID, Remembered: true, Until: until, Reason: o.reason}
 		m.gen++

@@ -203,6 +203,11 @@ var (
 	// ErrParentGrant is wrapped by the *DeniedError of a delegated request
 	// whose parent grant is missing, ended, or not the parent agent's.
 	ErrParentGrant = errors.New("consent: the parent agent's grant does not cover this delegation")
+	// ErrTooManyPending is wrapped by the *DeniedError (not remembered) of a
+	// request that would open a prompt while its agent already has
+	// maxPendingPerAgent open: a denial to the caller, since the user was not
+	// asked, and callers that only know *DeniedError refuse it as such.
+	ErrTooManyPending = errors.New("consent: too many consent requests from this agent are waiting for the user")
 )
 
 // PendingError means the user has not answered yet. The caller may retry
@@ -223,7 +228,7 @@ type DeniedError struct {
 	Remembered bool
 	Until      time.Time
 	Reason     string
-	Err        error // the cause, when not the user's answer (ErrParentGrant)
+	Err        error // the cause, when not the user's answer (ErrParentGrant, ErrTooManyPending)
 }
 
 func (e *DeniedError) Unwrap() error { return e.Err }
@@ -288,7 +293,8 @@ func isNormalized(scopes []string) bool {
 }
 
 // key identifies "the same question": requests with equal keys join one
-// pending request and share one denial.
+// pending request. The task is part of it because a prompt's default grant
+// is bound to the asking task; denials match without it (deny.blocks).
 func key(r Request) string {
 	var b strings.Builder
 	for _, f := range []string{r.UserOID, r.AgentAppID, r.Mode, r.Resource, r.TaskID} {
