@@ -179,8 +179,19 @@ func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
 	return e
 }
 
-// classifyOAuth maps AADSTS codes (ENTRA-NOTES.md §4, docs/errors.md) to classes. Codes first, then the OAuth error.
+// classifyOAuth maps AADSTS codes (ENTRA-NOTES.md §4, docs/errors.md) to classes. An answer that asks the user to act
+// comes first, then codes, then the OAuth error.
 func classifyOAuth(e *Error) (Class, Subject) {
+	// One code can mean either: 50133 is a CAE re-authentication (interaction_required with a claims challenge: tokens
+	// already issued stay good, and signing in with the claims mends it) or, as a bare invalid_grant, a session ended
+	// by a password change. Only the second condemns the sign-in; purging the user for the first would throw away valid
+	// tokens and drop the claims the caller needs. Consent is the exception: signing in again cannot supply it.
+	if e.Code == "interaction_required" || e.Claims != "" {
+		if e.Suberror == "consent_required" || e.AADSTS == 65001 || e.AADSTS == 65004 {
+			return ClassPermanent, SubjectConsent
+		}
+		return ClassInteraction, SubjectUser
+	}
 	switch e.AADSTS {
 	case 50076, 50079, 50158, 53003, 50074:
 		return ClassInteraction, SubjectUser
@@ -195,16 +206,15 @@ func classifyOAuth(e *Error) (Class, Subject) {
 		return ClassInvalidRequest, SubjectNone
 	}
 	switch e.Code {
-	case "interaction_required", "login_required", "consent_required":
-		if e.Code == "consent_required" {
-			return ClassPermanent, SubjectConsent
-		}
+	case "login_required":
 		return ClassInteraction, SubjectUser
+	case "consent_required":
+		return ClassPermanent, SubjectConsent
 	case "invalid_grant":
 		if e.Suberror == "consent_required" {
 			return ClassPermanent, SubjectConsent
 		}
-		if e.Claims != "" || e.Suberror == "basic_action" || e.Suberror == "additional_action" {
+		if e.Suberror == "basic_action" || e.Suberror == "additional_action" {
 			return ClassInteraction, SubjectUser
 		}
 		return ClassPermanent, SubjectUser

@@ -1,0 +1,125 @@
+package entra_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+
+	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/internal/entraemu/emutest"
+)
+
+// msalHTTPError is what MSAL returns for a token endpoint's error answer: the body is only in the error text.
+func msalHTTPError(status int, body string) error {
+	req, _ := http.NewRequest(http.MethodPost, "https://login.example/tenant/oauth2/v2.0/token", nil)
+	return msalerrors.CallErr{Req: req, Resp: &http.Response{StatusCode: status, Header: http.Header{}},
+		Err: fmt.Errorf("http call(%s)(%s) error: reply status code was %d:\n%s", req.URL, req.Method, status, body)}
+}
+
+const reauthClaims = `{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}`
+
+// TestClassifyInteractionBeforeCodes: one AADSTS code can come as a request for the user to act or as the IdP's final
+// word on the sign-in, and the OAuth error and the claims challenge tell which.
+func TestClassifyInteractionBeforeCodes(t *testing.T) {
+	claims, _ := json.Marshal(reauthClaims)
+	cases := []struct {
+		name        string
+		body        string
+		class       entra.Class
+		subject     entra.Subject
+		keepsClaims bool
+	}{
+		{"50133 interaction_required with claims (the emulator's users/reauth)",
+			`{"error":"interaction_required","error_description":"AADSTS50133: Session is invalid due to expiration or recent password change.\r\nTrace ID: 0\r\nCorrelation ID: 0\r\nTimestamp: 2024-01-01 00:00:00Z","error_codes":[50133],"claims":` + string(claims) + `}`,
+			entra.ClassInteraction, entra.SubjectUser, true},
+		{"50133 interaction_required without claims",
+			`{"error":"interaction_required","error_description":"AADSTS50133: Session is invalid.","error_codes":[50133]}`,
+			entra.ClassInteraction, entra.SubjectUser, false},
+		{"50133 bare invalid_grant (password changed, session revoked)",
+			`{"error":"invalid_grant","error_description":"AADSTS50133: Session is invalid due to expiration or recent password change.","error_codes":[50133]}`,
+			entra.ClassPermanent, entra.SubjectUser, false},
+		{"50173 invalid_grant with claims",
+			`{"error":"invalid_grant","error_description":"AADSTS50173: The provided grant has expired.","error_codes":[50173],"claims":` + string(claims) + `}`,
+			entra.ClassInteraction, entra.SubjectUser, true},
+		{"50173 bare invalid_grant",
+			`{"error":"invalid_grant","error_description":"AADSTS50173: The provided grant has expired.","error_codes":[50173]}`,
+			entra.ClassPermanent, entra.SubjectUser, false},
+		{"50076 MFA",
+			`{"error":"invalid_grant","error_description":"AADSTS50076: MFA.","error_codes":[50076],"suberror":"basic_action","claims":` + string(claims) + `}`,
+			entra.ClassInteraction, entra.SubjectUser, true},
+		{"65001 consent as interaction_required",
+			`{"error":"interaction_required","error_description":"AADSTS65001: not consented.","error_codes":[65001],"suberror":"consent_required"}`,
+			entra.ClassPermanent, entra.SubjectConsent, false},
+		{"65001 consent as invalid_grant",
+			`{"error":"invalid_grant","error_description":"AADSTS65001: not consented.","error_codes":[65001],"suberror":"consent_required"}`,
+			entra.ClassPermanent, entra.SubjectConsent, false},
+		{"7000112 agent disabled",
+			`{"error":"unauthorized_client","error_description":"AADSTS7000112: disabled.","error_codes":[7000112]}`,
+			entra.ClassPermanent, entra.SubjectAgent, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := entra.Classify(msalHTTPError(http.StatusBadRequest, c.body))
+			if e.Class != c.class || e.Subject != c.subject {
+				t.Errorf("class %v subject %v, want %v subject %v", e.Class, e.Subject, c.class, c.subject)
+			}
+			if got := e.Claims == reauthClaims; got != c.keepsClaims {
+				t.Errorf("claims %q kept = %v, want %v", e.Claims, got, c.keepsClaims)
+			}
+		})
+	}
+}
+
+// TestClassifyEmulatorReauth classifies the emulator's real answer to an exchange after a CAE re-authentication event
+// (users/reauth), as the daemon gets it through MSAL: the user must act, with the claims, and the sign-in is not lost.
+func TestClassifyEmulatorReauth(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{})
+	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
+		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
+		HTTPClient: emu.HTTPClient(), DevAuthority: true,
+		BlueprintSecret: func() (string, error) { return emutest.BlueprintSecret, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prompts := make(chan entra.DeviceCodePrompt, 1)
+	signedIn := make(chan error, 1)
+	go func() {
+		_, err := c.LoginDeviceCode(ctx, func(p entra.DeviceCodePrompt) { prompts <- p })
+		signedIn <- err
+	}()
+	p := <-prompts
+	if err := emu.CompleteDeviceCode(p.VerificationURI, p.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-signedIn; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, ""); err != nil {
+		t.Fatalf("exchange before the re-authentication event: %v", err)
+	}
+
+	emu.RequireReauth(emutest.DefaultUserUPN)
+	_, err = c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, "")
+	var e *entra.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("exchange after the re-authentication event: %v, want an *entra.Error", err)
+	}
+	if e.AADSTS != 50133 || e.Code != "interaction_required" {
+		t.Fatalf("the emulator answered %v, want AADSTS50133 interaction_required", e)
+	}
+	if got := entra.Classify(err); got.Class != entra.ClassInteraction || got.Subject != entra.SubjectUser {
+		t.Errorf("classified %v subject %v, want %v subject %v", got.Class, got.Subject, entra.ClassInteraction, entra.SubjectUser)
+	}
+	if !strings.Contains(e.Claims, `"nbf"`) {
+		t.Errorf("claims challenge %q, want the emulator's nbf challenge", e.Claims)
+	}
+}
