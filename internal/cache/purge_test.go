@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,6 +175,59 @@ func TestInflightFetchDiscardedOnPurge(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// The scheduler pops a due entry under the lock but refreshes it on a goroutine of its own, which takes the lock only
+// later. A purge in that gap (the reviewer hit it from the scheduler's After hook) must stop the refresh: a fetch it
+// started after the purge would postdate every purge record, so its token would be stored and persisted. Driving
+// stepLocked and the purge under one hold of the lock makes the purge win that race every time.
+func TestPurgeBeforeScheduledRefreshStarts(t *testing.T) {
+	purges := []struct {
+		name  string
+		purge func(c *Cache, k Key) // runs with c.mu held, as the body of the matching public purge does
+	}{
+		{"key", func(c *Cache, k Key) { c.purgeKeyLocked(k.ID(), "r") }},
+		{"user", func(c *Cache, k Key) {
+			r := c.beginPurgeLocked(purgeUser, k.UserOID)
+			c.purgeSetLocked(maps.Clone(c.byUser[k.UserOID]), r, "r")
+		}},
+	}
+	for _, tt := range purges {
+		t.Run(tt.name, func(t *testing.T) {
+			var stored atomic.Int64
+			h := newHarness(t, false, func(o *Options) {
+				o.Jitter = -1
+				o.OnStored = func(Key, Token) { stored.Add(1) }
+			})
+			k := testKey(1)
+			if _, _, err := h.c.Get(context.Background(), k, time.Minute, false); err != nil {
+				t.Fatal(err)
+			}
+			h.clk.Set(h.dueOf(k))
+			h.c.Lookup(k, 0) // used lately, so the scheduler refreshes it
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			h.c.mu.Lock()
+			h.c.stepLocked(ctx, h.c.wallNow())
+			launched := len(h.c.sem)
+			tt.purge(h.c, k)
+			h.c.mu.Unlock()
+			h.c.Wait()
+			h.waitIdle()
+			if launched != 1 {
+				t.Fatalf("%d refreshes launched, want 1: the test exercised nothing", launched)
+			}
+			if tok, ok := h.c.Peek(k); ok {
+				t.Errorf("cached after the purge: %q", tok.AccessToken)
+			}
+			if n := h.idp.calls.Load(); n != 1 {
+				t.Errorf("fetcher ran %d times, want once (the Get before the purge)", n)
+			}
+			if n := stored.Load(); n != 1 {
+				t.Errorf("OnStored ran %d times, want once: a token fetched after the purge was persisted", n)
+			}
+		})
+	}
 }
 
 // Many iterations of Gets racing purges: a Get that starts after PurgeX returned never returns a token fetched before

@@ -153,6 +153,13 @@ func (c *Cache) refresh(ctx context.Context, e *entry, gen uint64) {
 		c.wg.Done()
 	}()
 	c.mu.Lock()
+	// stepLocked chose e under an earlier hold of the lock. If a purge (or a permanent failure) removed it since, a fetch
+	// started now would begin after that purge's epoch, so nothing would stop its token being stored and persisted. A
+	// newer token stored meanwhile was rescheduled by storeLocked and needs no refresh.
+	if c.entries[e.id] != e || e.gen != gen {
+		c.mu.Unlock()
+		return
+	}
 	cl := c.joinLocked(ctx, e.key, e.id, 0, false)
 	c.mu.Unlock()
 	select {
