@@ -166,6 +166,24 @@ func (a *Attestor) Attest(peer platform.Process, agent Agent) (Result, error) {
 	return Result{}, na
 }
 
+// LaunchRoot is a process `agentidd exec` started as an agent.
+type LaunchRoot struct {
+	Agent     string
+	PID       int
+	StartTime uint64
+}
+
+// LaunchRoots lists the live launches.
+func (a *Attestor) LaunchRoots() []LaunchRoot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]LaunchRoot, 0, len(a.launches))
+	for _, l := range a.launches {
+		out = append(out, LaunchRoot{Agent: l.agent, PID: l.rootPID, StartTime: l.startTime})
+	}
+	return out
+}
+
 // launchedAs reports whether peer is, or descends from, a launch root
 // registered for agent.
 func (a *Attestor) launchedAs(peer platform.Process, agent string) (bool, error) {

@@ -70,6 +70,47 @@ func (a *attestCache) put(k attestKey, e attestEntry) {
 	a.m[k] = e
 }
 
+// processes lists every process attested here (live or stale entries alike): an agent stays an agent after its TTL.
+func (a *attestCache) processes() []attestKey {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]attestKey, 0, len(a.m))
+	for k := range a.m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// AgentInAncestry names the agent that process pid, or one of its ancestors, acts as: a process attested as an agent
+// (every consent request's requester is one) or the root of an `agentidd exec` launch. The admin API uses it to keep an
+// agent from deciding its own consent by running the agentidd CLI (say, because a prompt injection told it to).
+// Inspection errors fail closed: the caller is then treated as an agent.
+func (b *Broker) AgentInAncestry(pid int) (string, bool) {
+	known := map[int][]attestKey{} // pid → the agents and start times it was seen as
+	for _, k := range b.attested.processes() {
+		known[k.pid] = append(known[k.pid], k)
+	}
+	for _, l := range b.attestor.LaunchRoots() {
+		known[l.PID] = append(known[l.PID], attestKey{pid: l.PID, startTime: l.StartTime, agent: l.Agent})
+	}
+	anc, err := b.inspector.Ancestors(pid, maxApproverAncestry)
+	if err != nil && !errors.Is(err, platform.ErrNoSuchProcess) {
+		return "(unknown: " + err.Error() + ")", true
+	}
+	for _, p := range append([]int{pid}, anc...) {
+		for _, k := range known[p] {
+			// The pid alone could be a reused one; only the same process (pid and start time) counts.
+			if proc, err := b.inspector.Inspect(p); err == nil && (k.startTime == 0 || proc.StartTime == k.startTime) {
+				return k.agent, true
+			}
+		}
+	}
+	return "", false
+}
+
+// maxApproverAncestry bounds the parent walk; real process trees are far shallower.
+const maxApproverAncestry = 64
+
 // attest decides whether the peer process may act as the agent. The cache key carries the start time read at accept,
 // so a cached result always describes the process that connected; GetToken re-checks liveness before it answers, which
 // catches an exit and PID reuse after this point.

@@ -303,3 +303,21 @@ func TestFetchRefusesWhatThePolicyNoLongerAllows(t *testing.T) {
 		t.Error("the IdP was asked for a token the policy refuses")
 	}
 }
+
+func TestAgentInAncestry(t *testing.T) {
+	f := newFixture(t) // testPID has been attested as testAgent
+	if agent, ok := f.b.AgentInAncestry(testPID); !ok || agent != testAgent {
+		t.Errorf("attested process: %q, %v; want %s", agent, ok, testAgent)
+	}
+	if agent, ok := f.b.AgentInAncestry(otherPID); ok {
+		t.Errorf("a process never attested is taken for agent %q", agent)
+	}
+	_, revoke := f.b.attestor.RegisterLaunch(testAgent, otherPID, otherStart)
+	if agent, ok := f.b.AgentInAncestry(otherPID); !ok || agent != testAgent {
+		t.Errorf("launch root: %q, %v; want %s", agent, ok, testAgent)
+	}
+	revoke()
+	if _, ok := f.b.AgentInAncestry(otherPID); ok {
+		t.Error("an ended launch still counts")
+	}
+}

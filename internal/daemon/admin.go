@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -211,7 +212,33 @@ func (a *admin) WatchConsentRequests(_ *agentidv1.ListConsentRequestsRequest, st
 	}
 }
 
-func (a *admin) DecideConsent(_ context.Context, in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+// refuseAgentApprover keeps consent a decision of the user: the caller of an approval must not be an agent, nor run
+// inside one's process tree. The agentidd CLI passes the admin gate wherever it runs, so without this an agent could
+// approve its own request with `agentidd consent approve`.
+func (a *admin) refuseAgentApprover(ctx context.Context) error {
+	peer, ok := ipc.PeerFromContext(ctx)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "consent decisions need peer credentials")
+	}
+	if peer.PID == os.Getpid() {
+		// The daemon's own process is no agent's child. (It calls itself only in in-process tests, where it also
+		// plays the agent.)
+		return nil
+	}
+	if agent, isAgent := a.d.broker.AgentInAncestry(peer.PID); isAgent {
+		a.d.log.Warn("refused a consent approval from inside an agent's process tree", "pid", peer.PID, "agent", agent)
+		return status.Errorf(codes.PermissionDenied,
+			"consent must come from the user: this command runs inside the process tree of agent %s; approve from your own terminal or the prompt", agent)
+	}
+	return nil
+}
+
+func (a *admin) DecideConsent(ctx context.Context, in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+	if in.GetAllow() {
+		if err := a.refuseAgentApprover(ctx); err != nil {
+			return nil, err
+		}
+	}
 	var dur time.Duration
 	if in.GetDuration() != nil {
 		dur = in.GetDuration().AsDuration()
@@ -229,7 +256,10 @@ func (a *admin) DecideConsent(_ context.Context, in *agentidv1.DecideConsentRequ
 	return &agentidv1.DecideConsentResponse{Grant: grantProto(g)}, nil
 }
 
-func (a *admin) ResetConsent(context.Context, *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
+func (a *admin) ResetConsent(ctx context.Context, _ *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
+	if err := a.refuseAgentApprover(ctx); err != nil {
+		return nil, err
+	}
 	a.d.consent.ResetDenies()
 	return &agentidv1.ResetConsentResponse{}, nil
 }

@@ -628,3 +628,56 @@ func TestAgentRefusedAlertsTheUser(t *testing.T) {
 	_, _ = c.Agent.GetToken(context.Background(), req)
 	n.none(t, "another failure of the same agent")
 }
+
+// TestAgentCannotApproveItsOwnRequest: the agentidd CLI passes the admin gate wherever it runs, so an agent told (by a
+// prompt injection, say) to run `agentidd consent approve` must be refused by who is asking: the daemon turns away
+// approvals from a process attested as an agent and from inside an `agentidd exec` tree, and the request stays open
+// for the user.
+func TestAgentCannotApproveItsOwnRequest(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	_, err := consentNow(c, []string{emutest.ResourceScopeRead})
+	consentWantReason(t, err, codes.FailedPrecondition, "CONSENT_PENDING", "first request")
+	id := client.Metadata(err)["request_id"]
+
+	// A child of this test binary, which the daemon has just attested as test-agent.
+	approve := exec.Command(e.agentidd, "consent", "approve", id, "--for", "1h")
+	approve.Env = e.environ()
+	out, err := approve.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "process tree of agent "+testAgent) {
+		t.Fatalf("approval by a child of the agent: %v\n%s", err, out)
+	}
+	// Inside an `agentidd exec` launch of the agent: the agent's own request, then its attempt to approve it.
+	script := `"$0" socket test-agent "$1" >/dev/null
+id=$("$2" consent list | sed -n 's/^request \([^:]*\):.*/\1/p' | head -n 1)
+"$2" consent approve "$id" --for 1h 2>&1; echo "rc=$?"
+"$2" consent reset 2>&1; echo "rc=$?"`
+	_, stdout, _ := execShell(t, e, script, execProbe(t), execScope, e.agentidd)
+	var said strings.Builder
+	for refusals := 0; refusals < 2; {
+		line, err := stdout.ReadString('\n')
+		if err != nil {
+			t.Fatalf("exec'd agent: %v\n%s", err, said.String())
+		}
+		said.WriteString(line)
+		if strings.HasPrefix(line, "rc=") {
+			if line == "rc=0\n" {
+				t.Fatalf("an agent launched with agentidd exec decided consent:\n%s", said.String())
+			}
+			refusals++
+		}
+	}
+	if !strings.Contains(said.String(), "process tree of agent "+testAgent) {
+		t.Fatalf("exec'd agent was refused, but not for being an agent:\n%s", said.String())
+	}
+
+	if list := e.cli("consent", "list"); !strings.Contains(list, "request "+id+":") {
+		t.Fatalf("request %s no longer pending after the refused approvals:\n%s", id, list)
+	}
+	// The user, from outside the agents' trees, still can.
+	e.cli("consent", "approve", id, "--for", "1h")
+	if _, err := consentNow(c, []string{emutest.ResourceScopeRead}); err != nil {
+		t.Fatalf("after the user's approval: %v", err)
+	}
+}

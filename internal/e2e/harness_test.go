@@ -243,14 +243,38 @@ func (e *env) cliInput(stdin string, args ...string) string {
 	return out
 }
 
+// cliErr runs the CLI as the user would: from outside the test's process tree. The test process is also a bound agent,
+// and the daemon refuses consent approvals from inside an agent's tree; a subshell its parent shell leaves behind is
+// re-parented away from the test (the detaching SECURITY.md names as that check's limit). Its exit status comes back
+// on fd 3; fd 4 carries stdin past sh, which gives a background job /dev/null.
 func (e *env) cliErr(stdin string, args ...string) (string, error) {
-	cmd := exec.Command(e.agentidd, args...)
+	rcR, rcW, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	defer rcR.Close()
+	cmd := exec.Command("sh", append([]string{"-c", `exec 4<&0; ("$0" "$@" <&4 4<&-; echo $? >&3) &`, e.agentidd}, args...)...)
 	cmd.Env = e.environ()
 	cmd.Stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	cmd.ExtraFiles = []*os.File{rcW}
+	err = cmd.Start()
+	rcW.Close()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Wait(); err != nil { // returns once the detached CLI has closed its output
+		return out.String(), err
+	}
+	rc, err := io.ReadAll(rcR)
+	if err != nil {
+		return out.String(), err
+	}
+	if code := strings.TrimSpace(string(rc)); code != "0" {
+		return out.String(), fmt.Errorf("agentidd exited with status %q", code)
+	}
+	return out.String(), nil
 }
 
 var codeRE = regexp.MustCompile(`open the page (\S+) and enter the code (\S+) `)
