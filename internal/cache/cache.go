@@ -501,7 +501,7 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 		if class == Permanent {
 			// The IdP's verdict holds whoever asked, a Get's miss as much as a refresh: what was cached for k must not be
 			// served any longer, and its watchers must hear of it now rather than at the next refresh.
-			c.purgeKeyLocked(id, "the identity provider refused to issue this token")
+			c.dropFailedLocked(id, "the identity provider refused to issue this token")
 		}
 	case c.purgedSinceLocked(cl.startEpoch, k, id, tok.GrantID):
 		err, tok = ErrPurged, Token{}

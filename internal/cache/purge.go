@@ -101,6 +101,22 @@ func (c *Cache) purgeKeyLocked(id, reason string) bool {
 	return c.purgeSetLocked(set, r, reason) > 0
 }
 
+// dropFailedLocked removes id's token after its own fetch failed permanently and tells its watchers, as a key purge
+// would, but takes no purge epoch. Epochs exist so that fetches in flight across a purge are discarded. The fetch that
+// failed was the only one for id (runFlight removed it from flights under this same lock) and any later one starts
+// after the removal, so no fetch could be caught by the record. Taking one anyway would let an agent retrying a refused
+// key at its rate limit overrun the purge log within seconds, and every other agent's slower fetch be discarded as
+// ErrPurged. A Get still waking from an earlier fetch of id may return that fetch's token: it asked before the refusal.
+func (c *Cache) dropFailedLocked(id, reason string) {
+	ev := Event{Revoked: true, Reason: reason}
+	if e := c.entries[id]; e != nil {
+		c.removeLocked(e, ev)
+		return
+	}
+	// Watchers hear of the refusal even when nothing was cached, as they would of any purge.
+	c.notifyLocked(id, ev)
+}
+
 // Purge removes k's token and notifies its watchers before it returns. It reports whether a token was cached.
 func (c *Cache) Purge(k Key, reason string) bool {
 	id := k.ID()
