@@ -389,6 +389,11 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 		// The managed policy narrowed since this key was first served: mint nothing more for it, and let the key go.
 		return cache.Token{}, fmt.Errorf("%w: %s", ErrGrantGone, why)
 	}
+	if !b.grantLive(info.grantID) {
+		// Revoked or expired after the key's bookkeeping was written (a revocation can land between a GetToken's
+		// consent check and that write, and then no purge would ever match what this fetch stores).
+		return cache.Token{}, ErrGrantGone
+	}
 	var res entra.Result
 	var err error
 	if k.Mode == "app" {
@@ -415,6 +420,15 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	}
 	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: onOurClock(res.ExpiresAt), RefreshAt: onOurClock(res.RefreshAt),
 		IssuedAt: now, Scopes: scopes, GrantID: info.grantID}, nil
+}
+
+func (b *Broker) grantLive(id string) bool {
+	for _, g := range b.consent.Grants() {
+		if g.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // ForgetGrant drops refresh bookkeeping for keys derived from a revoked grant.

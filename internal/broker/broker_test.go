@@ -321,3 +321,29 @@ func TestAgentInAncestry(t *testing.T) {
 		t.Error("an ended launch still counts")
 	}
 }
+
+// A revocation that lands between a GetToken's consent check and its bookkeeping leaves keyInfo naming the revoked
+// grant; Fetch must not mint under it.
+func TestFetchRefusesARevokedGrant(t *testing.T) {
+	f := newFixture(t)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	resp, err := f.b.GetToken(peerCtx(testPID, testStart), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k cache.Key
+	for _, e := range f.c.Snapshot() {
+		k = e.Key
+	}
+	// Revoke without the purge and ForgetGrant that follow in the daemon: the state of the race's window.
+	if _, err := f.b.consent.Revoke(resp.GetGrantId(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	before := f.idp.calls.Load()
+	if _, err := f.b.Fetch(context.Background(), k); !errors.Is(err, ErrGrantGone) {
+		t.Errorf("Fetch under a revoked grant = %v, want ErrGrantGone", err)
+	}
+	if f.idp.calls.Load() != before {
+		t.Error("the IdP was asked for a token under a revoked grant")
+	}
+}
