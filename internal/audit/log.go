@@ -60,6 +60,9 @@ type Log struct {
 	f    *os.File
 	path string
 	size int64 // bytes in f; the writer's, under writeMu
+	// wseq and whead name the last line handed to f, under writeMu: what SyncedHead may anchor once f is fsynced.
+	wseq  uint64
+	whead [64]byte
 
 	mu      sync.Mutex
 	cur     []byte   // encoded lines not yet handed to the writer
@@ -144,6 +147,7 @@ func (l *Log) recover() error {
 	}
 	l.size = fi.Size() - torn
 	copy(l.head[:], genesis)
+	l.whead = l.head
 	from := l.path
 	if len(lines) == 0 {
 		// A new file after a rotation (or a crash right after one) continues the chain of the file rotated away.
@@ -158,6 +162,7 @@ func (l *Log) recover() error {
 	}
 	l.seq = seq
 	copy(l.head[:], hash)
+	l.wseq, l.whead = l.seq, l.head
 	return nil
 }
 
@@ -289,6 +294,8 @@ func (l *Log) writeLocked() error {
 		return l.err
 	}
 	buf := l.cur
+	// Append moves cur and the head together under mu, so this head is buf's last line.
+	seq, head := l.seq, l.head
 	l.cur = l.spare[:0]
 	l.mu.Unlock()
 	if len(buf) == 0 {
@@ -312,11 +319,13 @@ func (l *Log) writeLocked() error {
 		l.err = fmt.Errorf("audit: write: %w", err)
 		return l.err
 	}
+	l.wseq, l.whead = seq, head
 	return nil
 }
 
-// Head returns the seq and hash of the last line, for anchoring in the
-// encrypted store. An empty log returns 0 and 64 zeros.
+// Head returns the seq and hash of the last appended line, which may still
+// be only in memory; anchor SyncedHead instead. An empty log returns 0 and
+// 64 zeros.
 func (l *Log) Head() (seq uint64, hash string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -325,20 +334,31 @@ func (l *Log) Head() (seq uint64, hash string) {
 
 // Sync writes pending records and fsyncs the file.
 func (l *Log) Sync() error {
+	_, _, err := l.SyncedHead()
+	return err
+}
+
+// SyncedHead writes pending records, fsyncs the file and returns the seq
+// and hash of the last line that fsync covered, for anchoring in the
+// encrypted store. Head can be ahead of it: a record appended after the
+// write is only in memory, and an anchor naming it would make the log look
+// truncated after a crash, then rewritten once its seq is reused. An empty
+// log returns 0 and 64 zeros.
+func (l *Log) SyncedHead() (seq uint64, hash string, err error) {
 	l.mu.Lock()
 	closed := l.closed
 	l.mu.Unlock()
 	if closed {
-		return ErrClosed
+		return 0, "", ErrClosed
 	}
 	return l.syncNow()
 }
 
-func (l *Log) syncNow() error {
+func (l *Log) syncNow() (uint64, string, error) {
 	// The fsync runs outside writeMu: Appends that fall back to writing themselves must not wait for the disk.
 	l.writeMu.Lock()
 	err := l.writeLocked()
-	f := l.f
+	f, seq, head := l.f, l.wseq, l.whead
 	if err == nil {
 		l.mu.Lock()
 		l.synced = true // set before fsync: a write racing with it clears it again
@@ -346,13 +366,13 @@ func (l *Log) syncNow() error {
 	}
 	l.writeMu.Unlock()
 	if err != nil {
-		return err
+		return 0, "", err
 	}
-	// A rotation may have closed f meanwhile; it fsynced f first.
+	// A rotation may have closed f meanwhile; it fsynced f first, and seq is in f either way.
 	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
-		return fmt.Errorf("audit: fsync: %w", err)
+		return 0, "", fmt.Errorf("audit: fsync: %w", err)
 	}
-	return nil
+	return seq, string(head[:]), nil
 }
 
 func (l *Log) flushLoop() {
@@ -376,7 +396,7 @@ func (l *Log) flushLoop() {
 		if idle {
 			continue
 		}
-		if err := l.syncNow(); err != nil {
+		if _, _, err := l.syncNow(); err != nil {
 			l.log.Error("audit flush failed", "err", err)
 		}
 	}
@@ -394,7 +414,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	close(l.stop)
 	<-l.done
-	err := l.syncNow()
+	_, _, err := l.syncNow()
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	return errors.Join(err, l.f.Close())
@@ -444,8 +464,8 @@ func Verify(path string) (int, error) {
 }
 
 // VerifyAnchor is Verify plus a check that line anchorSeq still has the
-// hash recorded earlier by Log.Head, which catches a log rewritten from
-// scratch or truncated below the anchor.
+// hash recorded earlier by Log.SyncedHead, which catches a log rewritten
+// from scratch or truncated below the anchor.
 func VerifyAnchor(path string, anchorSeq uint64, anchorHash string) (int, error) {
 	if anchorSeq == 0 {
 		return Verify(path)

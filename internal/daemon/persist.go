@@ -186,16 +186,17 @@ func (d *Daemon) verifyAudit() (int, error) {
 	return audit.Verify(d.auditPath())
 }
 
-// saveAuditAnchor writes the current head after flushing the log.
+// saveAuditAnchor anchors the last line the flush made durable. Not Head: a record appended meanwhile is only in
+// memory, and anchoring it would make a crash look like tampering at every later start.
 func (d *Daemon) saveAuditAnchor() {
 	if d.store == nil || d.audit == nil || d.auditBroken {
 		return
 	}
-	if err := d.audit.Sync(); err != nil {
+	seq, hash, err := d.audit.SyncedHead()
+	if err != nil {
 		d.log.Warn("audit flush failed", "err", err)
 		return
 	}
-	seq, hash := d.audit.Head()
 	if a, ok := d.loadAuditAnchor(); ok && a.Seq == seq {
 		return
 	}
