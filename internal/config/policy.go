@@ -71,17 +71,31 @@ func LoadPolicy(path string) (*Policy, error) {
 
 // AllowsAgent is the agent part of Allows: an unreadable policy or an agent missing from allowed_agents.
 func (p *Policy) AllowsAgent(agentAppID string) (bool, string) {
-	if p == nil {
-		return true, ""
-	}
-	if p.broken != "" {
+	if p.Broken() {
 		return false, "the managed policy cannot be read, so nothing is allowed until it is fixed: " + p.broken
 	}
-	if len(p.AllowedAgents) > 0 && !slices.ContainsFunc(p.AllowedAgents, func(id string) bool { return strings.EqualFold(id, agentAppID) }) {
-		return false, "the managed policy does not allow this agent identity"
+	if excluded, why := p.ExcludesAgent(agentAppID); excluded {
+		return false, why
 	}
 	return true, ""
 }
+
+// ExcludesAgent says whether a readable policy leaves the agent out of allowed_agents: the administrator's decision,
+// which ends the agent's grants. An unreadable policy excludes nobody. It refuses every request while it is broken,
+// but what it says is unknown, and revoking on it would make every user consent again once the file is fixed (a typo,
+// or a read in the middle of an in-place write).
+func (p *Policy) ExcludesAgent(agentAppID string) (bool, string) {
+	if p == nil || p.Broken() {
+		return false, ""
+	}
+	if len(p.AllowedAgents) > 0 && !slices.ContainsFunc(p.AllowedAgents, func(id string) bool { return strings.EqualFold(id, agentAppID) }) {
+		return true, "the managed policy does not allow this agent identity"
+	}
+	return false, ""
+}
+
+// Broken says whether this stands in for a policy file that exists but cannot be read (BrokenPolicy).
+func (p *Policy) Broken() bool { return p != nil && p.broken != "" }
 
 // Allows says whether the policy permits a token for agent app id, mode ("obo"|"app") and resource; the reason says
 // which rule refused.

@@ -69,3 +69,37 @@ max_grant = "8h"
 		t.Errorf("an unreadable policy must refuse everything and say why: %v %q", ok, why)
 	}
 }
+
+// TestPolicyExcludesAgent: only a readable policy's allowed_agents decides that an agent is out (and loses its grants);
+// an unreadable one refuses the agent without excluding it, so fixing the file needs no new consent.
+func TestPolicyExcludesAgent(t *testing.T) {
+	const agentA, agentB = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f", "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
+	broken := BrokenPolicy("/etc/agentidd/policy.toml", errors.New("allowed_agents: expected an array"))
+	cases := []struct {
+		name         string
+		p            *Policy
+		agent        string
+		wantExcluded bool
+		wantAllowed  bool
+	}{
+		{"no policy", nil, agentA, false, true},
+		{"empty allowed_agents", &Policy{}, agentA, false, true},
+		{"listed", &Policy{AllowedAgents: []string{agentA}}, strings.ToUpper(agentA), false, true},
+		{"left out", &Policy{AllowedAgents: []string{agentA}}, agentB, true, false},
+		{"unreadable", broken, agentA, false, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			excluded, why := c.p.ExcludesAgent(c.agent)
+			if excluded != c.wantExcluded || excluded != (why != "") {
+				t.Errorf("ExcludesAgent = %v %q, want %v with a reason when excluded", excluded, why, c.wantExcluded)
+			}
+			if ok, why := c.p.AllowsAgent(c.agent); ok != c.wantAllowed || ok != (why == "") {
+				t.Errorf("AllowsAgent = %v %q, want %v with a reason when refused", ok, why, c.wantAllowed)
+			}
+		})
+	}
+	if !broken.Broken() || (&Policy{}).Broken() || (*Policy)(nil).Broken() {
+		t.Error("Broken must be true only for an unreadable policy")
+	}
+}

@@ -114,12 +114,14 @@ func (d *Daemon) loadPolicy() *config.Policy {
 	return p
 }
 
-// applyPolicy puts a policy in force: agents it no longer allows lose their grants and tokens first; then tokens for
-// resources or modes it no longer allows leave the cache, the store and their watchers (their grants stay, unusable
-// while the policy says no: loosening it again needs no new consent), and a shorter grant cap shortens the grants.
+// applyPolicy puts a policy in force: agents it leaves out of allowed_agents lose their grants and tokens first; then
+// tokens for resources or modes it no longer allows leave the cache, the store and their watchers (their grants stay,
+// unusable while the policy says no: loosening it again needs no new consent), and a shorter grant cap shortens the
+// grants. An unreadable policy refuses every token, so every token goes, but it revokes no grant: it says nothing
+// about which agents the administrator wants, and once it is fixed the agents it allows must work without new consent.
 func (d *Daemon) applyPolicy(p *config.Policy) {
 	for _, a := range d.config().Agents {
-		if ok, why := p.AllowsAgent(a.AppID); !ok {
+		if excluded, why := p.ExcludesAgent(a.AppID); excluded {
 			d.dropAgent(a.AppID, why)
 		}
 	}
