@@ -59,10 +59,13 @@ type Manager struct {
 // deny is a remembered "no". It blocks identical requests and requests for
 // more scopes (a superset); a request for fewer scopes may ask again. It
 // holds for every task: a task id is the agent's own label, and a fresh one
-// must not reopen a question the user has just answered.
+// must not reopen a question the user has just answered. AgentName is empty
+// in denials saved before they recorded it; those block every local agent of
+// the app id, the side that cannot prompt a user who just said no.
 type deny struct {
 	UserOID    string    `json:"user_oid"`
 	AgentAppID string    `json:"agent_app_id"`
+	AgentName  string    `json:"agent_name,omitempty"`
 	Mode       string    `json:"mode"`
 	Resource   string    `json:"resource"`
 	Chain      []string  `json:"chain,omitempty"`
@@ -72,9 +75,8 @@ type deny struct {
 }
 
 func (d deny) blocks(r Request) bool {
-	return d.UserOID == r.UserOID && d.AgentAppID == r.AgentAppID && d.Mode == r.Mode &&
-		d.Resource == r.Resource && slices.Equal(d.Chain, r.Chain) &&
-		subset(d.Scopes, r.Scopes)
+	return d.UserOID == r.UserOID && d.AgentAppID == r.AgentAppID && (d.AgentName == "" || d.AgentName == r.AgentName) &&
+		d.Mode == r.Mode && d.Resource == r.Resource && slices.Equal(d.Chain, r.Chain) && subset(d.Scopes, r.Scopes)
 }
 
 type pending struct {
@@ -140,6 +142,14 @@ func NewManager(o Options) (*Manager, error) {
 	now := m.now()
 	for _, g := range st.Grants {
 		if g == nil || g.ID == "" || g.Expired(now) {
+			continue
+		}
+		if g.AgentName == "" {
+			// It cannot say which of the programs sharing its app id the user
+			// approved, and covering all of them is what the name prevents.
+			m.log.Warn("consent grant without a local agent name dropped; the agent will ask again",
+				"grant_id", g.ID, "app_id", g.AgentAppID)
+			m.gen++
 			continue
 		}
 		m.grants[g.ID] = g
@@ -539,7 +549,7 @@ func (m *Manager) settle(p *pending, o outcome) (Grant, error) {
 	case o.remember:
 		until := now.Add(m.o.DenyCooldown)
 		m.denies = append(m.denies, deny{
-			UserOID: req.UserOID, AgentAppID: req.AgentAppID, Mode: req.Mode, Resource: req.Resource,
+			UserOID: req.UserOID, AgentAppID: req.AgentAppID, AgentName: req.AgentName, Mode: req.Mode, Resource: req.Resource,
 			Chain: req.Chain, Scopes: req.Scopes, Until: until, RequestID: req.ID,
 		})
 		p.err = &DeniedError{RequestID: req.ID, Remembered: true, Until: until, Reason: o.reason}
@@ -692,7 +702,9 @@ func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 	return *g, m.persist()
 }
 
-// RevokeAgent ends every grant of an agent (agent removed or disabled).
+// RevokeAgent ends every grant of an agent identity (agent removed or
+// disabled), of every local agent that shares the app id: the caller knows
+// only the identity, and ending too much costs a prompt, not a leak.
 func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentAppID == agentAppID }, reason)
 }

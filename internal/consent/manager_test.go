@@ -137,6 +137,7 @@ func TestCoverage(t *testing.T) {
 		{"other resource", func(r *Request) { r.Resource = "api://other" }, false},
 		{"other user", func(r *Request) { r.UserOID = "user-2" }, false},
 		{"other agent", func(r *Request) { r.AgentAppID = "agent-app-2" }, false},
+		{"other local agent, same app id", func(r *Request) { r.AgentName, r.Process.ExePath = "other-helper", "/usr/bin/other" }, false},
 		// Delegated by the same agent under the first grant: a valid chain, but not the grant's.
 		{"other chain", func(r *Request) { r.Chain = []string{"files-helper"} }, false},
 		{"any task under a time grant", func(r *Request) { r.TaskID = "t1" }, true},
@@ -176,6 +177,7 @@ func TestInvalidRequest(t *testing.T) {
 	for _, mutate := range []func(*Request){
 		func(r *Request) { r.UserOID = "" },
 		func(r *Request) { r.AgentAppID = "" },
+		func(r *Request) { r.AgentName = "" },
 		func(r *Request) { r.Resource = "" },
 		func(r *Request) { r.Mode = "impersonate" },
 	} {

@@ -69,7 +69,10 @@ type Process struct {
 }
 
 // Request is one agent asking to act. Scopes are normalised to a sorted
-// set by the Manager.
+// set by the Manager. AgentName is the configured local agent (one program):
+// several may share one AgentAppID, and the user's answer is about the
+// program the prompt named, so grants, denials and joined requests belong to
+// the name and the app id together.
 type Request struct {
 	ID                                      string // assigned by Manager
 	UserOID, UserUPN                        string
@@ -120,12 +123,13 @@ func (g Grant) Expired(now time.Time) bool {
 	return !now.Round(0).Before(g.NotAfter)
 }
 
-// Covers reports whether g authorises r (ignoring expiry): same user, agent,
-// mode and resource; r's scopes a subset of g's; the same delegation chain;
-// and, for a task-bound grant, the same task. A grant without a task covers
-// requests of any task.
+// Covers reports whether g authorises r (ignoring expiry): same user, agent
+// (local name and app id), mode and resource; r's scopes a subset of g's;
+// the same delegation chain; and, for a task-bound grant, the same task. A
+// grant without a task covers requests of any task.
 func (g Grant) Covers(r Request) bool {
-	if g.UserOID != r.UserOID || g.AgentAppID != r.AgentAppID || g.Mode != r.Mode || g.Resource != r.Resource {
+	if g.UserOID != r.UserOID || g.AgentAppID != r.AgentAppID || g.AgentName != r.AgentName ||
+		g.Mode != r.Mode || g.Resource != r.Resource {
 		return false
 	}
 	if g.TaskID != "" && g.TaskID != r.TaskID {
@@ -246,8 +250,9 @@ func (e *DeniedError) Error() string {
 
 // normalize validates r and puts its scopes in canonical form.
 func normalize(r *Request) error {
-	if r.UserOID == "" || r.AgentAppID == "" || r.Resource == "" {
-		return fmt.Errorf("%w: user, agent and resource are required", ErrInvalidRequest)
+	// Without the local agent's name a grant could not say which program the user approved.
+	if r.UserOID == "" || r.AgentAppID == "" || r.AgentName == "" || r.Resource == "" {
+		return fmt.Errorf("%w: user, agent app id, agent name and resource are required", ErrInvalidRequest)
 	}
 	switch r.Mode {
 	case ModeOBO, ModeApp:
@@ -297,7 +302,7 @@ func isNormalized(scopes []string) bool {
 // is bound to the asking task; denials match without it (deny.blocks).
 func key(r Request) string {
 	var b strings.Builder
-	for _, f := range []string{r.UserOID, r.AgentAppID, r.Mode, r.Resource, r.TaskID} {
+	for _, f := range []string{r.UserOID, r.AgentAppID, r.AgentName, r.Mode, r.Resource, r.TaskID} {
 		b.WriteString(f)
 		b.WriteByte(0)
 	}
