@@ -128,13 +128,16 @@ func (a *admin) Logout(ctx context.Context, _ *agentidv1.LogoutRequest) (*agenti
 	if acct == nil {
 		return &agentidv1.LogoutResponse{}, nil
 	}
-	// Purge first: once Logout returns, no token derived from this sign-in may be served.
+	// Sign out first, then purge: with no account, no GetToken can mint a token for this user between the purge and
+	// the sign-out (a fetch already under way is discarded by the purge). Purge even when the sign-out failed: once
+	// Logout returns, no token derived from this sign-in may be served.
+	logoutErr := d.idp.Logout(ctx)
 	n := d.cache.PurgeUser(acct.OID, "user signed out")
 	if d.store != nil {
 		d.tokens.purge(func(s servedToken) bool { return s.Key.UserOID == acct.OID })
 	}
-	if err := d.idp.Logout(ctx); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+	if logoutErr != nil {
+		return nil, status.Error(codes.Internal, logoutErr.Error())
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventSignOut, Outcome: audit.OutcomeOK, User: audit.User{OID: acct.OID, UPN: acct.UPN}})
 	return &agentidv1.LogoutResponse{PurgedTokens: int32(n)}, nil
