@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,10 +152,14 @@ func (l *Log) recover() error {
 	from := l.path
 	if len(lines) == 0 {
 		// A new file after a rotation (or a crash right after one) continues the chain of the file rotated away.
-		if lines, err = tailOf(segmentPath(l.path, 1), 1); err != nil || len(lines) == 0 {
+		nums, err := rotated(l.path)
+		if err != nil || len(nums) == 0 {
 			return err
 		}
-		from = segmentPath(l.path, 1)
+		from = segmentPath(l.path, nums[0])
+		if lines, err = tailOf(from, 1); err != nil || len(lines) == 0 {
+			return err
+		}
 	}
 	seq, hash, _, err := checkLine(lines[0])
 	if err != nil {
@@ -174,6 +179,33 @@ func segmentPath(path string, i int) string {
 	return path + "." + strconv.Itoa(i)
 }
 
+// rotated returns the numbers of the rotated files present, newest (lowest) first. It lists the directory rather than
+// counting up from 1 because a rotation cut short leaves a hole in the numbering, and the files past the hole are
+// still part of the chain.
+func rotated(path string) ([]int, error) {
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("audit: list rotated files: %w", err)
+	}
+	prefix := filepath.Base(path) + "."
+	var nums []int
+	for _, e := range entries {
+		s, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || e.IsDir() {
+			continue
+		}
+		// Only the exact names rotation writes: audit.jsonl.01 or .+1 would otherwise alias .1.
+		if n, err := strconv.Atoi(s); err == nil && n >= 1 && strconv.Itoa(n) == s {
+			nums = append(nums, n)
+		}
+	}
+	slices.Sort(nums)
+	return nums, nil
+}
+
+// renameFile is os.Rename; tests replace it to refuse the way Windows does while a reader holds the file open.
+var renameFile = os.Rename
+
 // tailOf returns the last n complete lines of a file; none if it does not exist.
 func tailOf(path string, n int) ([][]byte, error) {
 	f, err := os.Open(path)
@@ -192,7 +224,7 @@ func tailOf(path string, n int) ([][]byte, error) {
 	return lines, err
 }
 
-// rotate moves the live file to <path>.1 (shifting older ones, deleting what is beyond Keep) and continues in a new
+// rotate moves the live file to <path>.1 (shifting older ones up, deleting what is beyond Keep) and continues in a new
 // file. It runs under writeMu. The live file is closed first, because Windows cannot rename an open file; then
 // whichever file is at path is reopened: the new one, or the old one if a rename failed, so the chain goes on and no
 // record is lost either way.
@@ -219,13 +251,37 @@ func (l *Log) rotate() {
 	l.f, l.size = f, fi.Size()
 }
 
-// shiftFiles deletes the oldest kept file and renames each of the others, and the live file, one number up.
+// shiftFiles renames the live file to .1 after moving each rotated file in its way one number up, newest last, so that
+// whatever point it stops at leaves the files in age order. Only the run .1, .2, … up to the first hole has to move: a
+// hole left by a rotation cut short takes the shift, so a retry while the live file cannot be renamed deletes nothing
+// (deleting the oldest file on every retry would empty the history within a few flushes). Without a hole up to Keep,
+// the files from .Keep up are deleted first: the oldest, and any left from a larger Keep, which no longer chain onto
+// the files shifted below them.
 func (l *Log) shiftFiles() error {
-	if err := os.Remove(segmentPath(l.path, l.o.Keep)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	nums, err := rotated(l.path)
+	if err != nil {
 		return err
 	}
-	for i := l.o.Keep - 1; i >= 0; i-- {
-		if err := os.Rename(segmentPath(l.path, i), segmentPath(l.path, i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	hole := 1
+	for _, n := range nums {
+		if n != hole {
+			break
+		}
+		hole++
+	}
+	if hole > l.o.Keep {
+		for _, n := range nums {
+			if n < l.o.Keep {
+				continue
+			}
+			if err := os.Remove(segmentPath(l.path, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		hole = l.o.Keep
+	}
+	for i := hole - 1; i >= 0; i-- {
+		if err := renameFile(segmentPath(l.path, i), segmentPath(l.path, i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
@@ -473,17 +529,19 @@ func VerifyAnchor(path string, anchorSeq uint64, anchorHash string) (int, error)
 	return verify(path, anchorSeq, anchorHash)
 }
 
-// segments lists the log's files oldest first: the rotated ones still kept, then the live file.
-func segments(path string) []string {
-	var files []string
-	for i := 1; ; i++ {
-		if _, err := os.Stat(segmentPath(path, i)); err != nil {
-			break
-		}
-		files = append(files, segmentPath(path, i))
+// segments lists the log's files oldest first: the rotated ones still kept, then the live file. A hole in the numbering
+// is skipped, not taken as the end: the chain decides whether anything is missing, since a file removed from the middle
+// breaks it where the files on either side meet.
+func segments(path string) ([]string, error) {
+	nums, err := rotated(path)
+	if err != nil {
+		return nil, err
 	}
-	slices.Reverse(files)
-	return append(files, path)
+	files := make([]string, 0, len(nums)+1)
+	for _, n := range slices.Backward(nums) {
+		files = append(files, segmentPath(path, n))
+	}
+	return append(files, path), nil
 }
 
 // chainWalk carries the chain from one file into the next.
@@ -497,7 +555,10 @@ type chainWalk struct {
 }
 
 func verify(path string, anchorSeq uint64, anchorHash string) (int, error) {
-	files := segments(path)
+	files, err := segments(path)
+	if err != nil {
+		return 0, err
+	}
 	w := chainWalk{prev: slices.Clone(genesis), anchorSeq: anchorSeq, anchorHash: anchorHash}
 	if len(files) == 1 {
 		w.nextSeq = 1
@@ -564,8 +625,10 @@ func Tail(path string, n int) ([]Record, error) {
 	}
 	if len(lines) < n {
 		// Right after a rotation the live file is short; the rest is in the newest rotated file.
-		if older, err := tailOf(segmentPath(path, 1), n-len(lines)); err == nil {
-			lines = append(older, lines...)
+		if nums, err := rotated(path); err == nil && len(nums) > 0 {
+			if older, err := tailOf(segmentPath(path, nums[0]), n-len(lines)); err == nil {
+				lines = append(older, lines...)
+			}
 		}
 	}
 	out := make([]Record, 0, len(lines))

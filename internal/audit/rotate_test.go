@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,7 +16,7 @@ import (
 // the buffer to the writer, which is where rotation happens.
 func rotatingLog(t *testing.T, path string, n, keep int) (seq uint64, hash string) {
 	t.Helper()
-	l, err := Open(path, Options{MaxSize: 4 << 10, Keep: keep})
+	l, err := Open(path, Options{MaxSize: 4 << 10, Keep: keep, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,10 @@ func countLines(t *testing.T, path string) int {
 func TestRotationKeepsTheChain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	seq, hash := rotatingLog(t, path, 200, 3)
-	files := segments(path)
+	files, err := segments(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(files) != 4 {
 		t.Fatalf("files %v, want 3 rotated and the live one", files)
 	}
