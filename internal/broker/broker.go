@@ -337,6 +337,10 @@ func consentError(err error) error {
 	switch {
 	case errors.Is(err, consent.ErrParentGrant):
 		return rpcError(codes.PermissionDenied, ReasonConsentDenied, "delegation refused: "+err.Error(), 0, nil)
+	case errors.Is(err, consent.ErrTooManyPending):
+		// Before the denial case: the user was never asked, so "denied" would mislead.
+		return rpcError(codes.ResourceExhausted, ReasonRateLimited,
+			"this agent already has too many consent requests waiting for the user; retry after they are answered", 30*time.Second, nil)
 	case errors.As(err, &pending):
 		return rpcError(codes.FailedPrecondition, ReasonConsentPending,
 			"waiting for the user to approve this agent: run `agentidd consent watch` or answer the prompt",

@@ -347,3 +347,13 @@ func TestFetchRefusesARevokedGrant(t *testing.T) {
 		t.Error("the IdP was asked for a token under a revoked grant")
 	}
 }
+
+func TestTooManyPendingIsNotADenial(t *testing.T) {
+	err := consentError(&consent.DeniedError{Err: consent.ErrTooManyPending})
+	if status.Code(err) != codes.ResourceExhausted || reasonOf(err) != ReasonRateLimited {
+		t.Errorf("over the pending cap: %v (reason %s), want RESOURCE_EXHAUSTED/RATE_LIMITED", err, reasonOf(err))
+	}
+	if err := consentError(&consent.DeniedError{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a denial: %v, want PERMISSION_DENIED", err)
+	}
+}
