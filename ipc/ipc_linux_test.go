@@ -513,3 +513,45 @@ func TestDefaultPathLinux(t *testing.T) {
 		})
 	}
 }
+
+// TestPeerReapedBeforeAccept: a client that connects and is gone (exited and reaped) before the daemon accepts must not
+// be looked up by its pid, which may name another process by then.
+func TestPeerReapedBeforeAccept(t *testing.T) {
+	for _, pidfd := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pidfd=%v", pidfd), func(t *testing.T) {
+			saved := usePIDFD
+			usePIDFD = pidfd
+			t.Cleanup(func() { usePIDFD = saved })
+			path := filepath.Join(t.TempDir(), "s.sock")
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), envChild+"=hold", envSock+"="+path)
+			stdin, _ := cmd.StdinPipe()
+			stdout, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
+				t.Fatalf("child said %q", line)
+			}
+			stdin.Close()
+			if err := cmd.Wait(); err != nil { // reaped: its pid is free for reuse
+				t.Fatalf("child: %v", err)
+			}
+			c, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Kernels 6.5-6.14 refuse SO_PEERPIDFD for a reaped peer (ESRCH); later ones hand out a pidfd that reads as
+			// exited. Either way the answer must be "gone", never a process found by the pid.
+			if p, err := peerOf(c); !errors.Is(err, ErrPeerGone) {
+				t.Fatalf("peerOf a reaped client = %+v, %v; want ErrPeerGone", p, err)
+			}
+		})
+	}
+}

@@ -74,10 +74,17 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 		return nil, fmt.Errorf("ipc: peer uid %d has no pid visible to the daemon", cred.Uid)
 	}
 	p := &PeerInfo{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}
-	if pidfdErr == nil {
+	switch {
+	case pidfdErr == nil:
 		p.live, p.StartTime, err = pidfdLiveness(pidfd, p.PID)
-	} else {
+	case errors.Is(pidfdErr, unix.ENOPROTOOPT):
+		// A kernel before 6.5 has no SO_PEERPIDFD: name the peer by pid and start time instead.
 		p.live, p.StartTime, err = procLiveness(p.PID, p.UID)
+	case errors.Is(pidfdErr, unix.ESRCH):
+		// The peer was already reaped: its pid may name another process by now, so it must not be looked up.
+		return nil, fmt.Errorf("ipc: SO_PEERPIDFD: %w", ErrPeerGone)
+	default:
+		return nil, fmt.Errorf("ipc: SO_PEERPIDFD: %w", pidfdErr)
 	}
 	if err != nil {
 		return nil, err
