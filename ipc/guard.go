@@ -7,7 +7,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // UnaryGuard enforces, before any handler: the peer is the daemon's user
@@ -39,14 +38,15 @@ var sameUser = sameUserAsDaemon
 func guard(ctx context.Context) error {
 	p, ok := PeerFromContext(ctx)
 	if !ok {
-		return status.Error(codes.PermissionDenied, "peer identity unknown: connect through the agentidd socket")
+		return StatusError(codes.PermissionDenied, ReasonNotAttested, "peer identity unknown: connect through the agentidd socket", 0, nil)
 	}
 	if err := sameUser(p); err != nil {
-		return status.Error(codes.PermissionDenied, err.Error())
+		return StatusError(codes.PermissionDenied, ReasonOtherUser, err.Error(), 0, nil)
 	}
 	// ValueFromIncomingContext reads the one header without copying the whole metadata map (this runs on every call).
 	if v := metadata.ValueFromIncomingContext(ctx, GuardHeader); len(v) != 1 || v[0] != GuardValue {
-		return status.Error(codes.InvalidArgument, fmt.Sprintf("missing metadata %q: %q; use the agentidd client library", GuardHeader, GuardValue))
+		return StatusError(codes.InvalidArgument, ReasonInvalidArgument,
+			fmt.Sprintf("missing metadata %q: %q; use the agentidd client library", GuardHeader, GuardValue), 0, nil)
 	}
 	return nil
 }

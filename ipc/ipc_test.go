@@ -30,16 +30,17 @@ func TestGuard(t *testing.T) {
 		name string
 		peer *PeerInfo
 		md   metadata.MD
-		want codes.Code
-		msg  string
+		want   codes.Code
+		reason string
+		msg    string
 	}{
-		{"ok", daemon, withHeader, codes.OK, ""},
-		{"no peer", nil, withHeader, codes.PermissionDenied, "peer identity unknown"},
-		{"other user", other, withHeader, codes.PermissionDenied, "peer uid 1001 is not the daemon's user"},
-		{"other user without header: uid wins", other, nil, codes.PermissionDenied, "not the daemon's user"},
-		{"no header", daemon, nil, codes.InvalidArgument, GuardHeader},
-		{"wrong value", daemon, metadata.Pairs(GuardHeader, "yes"), codes.InvalidArgument, GuardHeader},
-		{"header twice", daemon, metadata.Pairs(GuardHeader, GuardValue, GuardHeader, GuardValue), codes.InvalidArgument, GuardHeader},
+		{"ok", daemon, withHeader, codes.OK, "", ""},
+		{"no peer", nil, withHeader, codes.PermissionDenied, ReasonNotAttested, "peer identity unknown"},
+		{"other user", other, withHeader, codes.PermissionDenied, ReasonOtherUser, "peer uid 1001 is not the daemon's user"},
+		{"other user without header: uid wins", other, nil, codes.PermissionDenied, ReasonOtherUser, "not the daemon's user"},
+		{"no header", daemon, nil, codes.InvalidArgument, ReasonInvalidArgument, GuardHeader},
+		{"wrong value", daemon, metadata.Pairs(GuardHeader, "yes"), codes.InvalidArgument, ReasonInvalidArgument, GuardHeader},
+		{"header twice", daemon, metadata.Pairs(GuardHeader, GuardValue, GuardHeader, GuardValue), codes.InvalidArgument, ReasonInvalidArgument, GuardHeader},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,6 +66,9 @@ func TestGuard(t *testing.T) {
 				}
 				if tt.msg != "" && !strings.Contains(status.Convert(err).Message(), tt.msg) {
 					t.Fatalf("message %q lacks %q", status.Convert(err).Message(), tt.msg)
+				}
+				if got := ErrorInfo(err).GetReason(); got != tt.reason || (tt.reason != "" && ErrorInfo(err).GetDomain() != ErrorDomain) {
+					t.Fatalf("reason %q (domain %q), want %q", got, ErrorInfo(err).GetDomain(), tt.reason)
 				}
 			}
 			wantRuns := int32(0)

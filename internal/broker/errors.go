@@ -4,28 +4,25 @@ import (
 	"errors"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/protoadapt"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/internal/entra"
+	"github.com/agentidd/agentidd/ipc"
 )
 
 // ErrorDomain is the ErrorInfo domain of every agentidd error.
-const ErrorDomain = "agentidd.dev"
+const ErrorDomain = ipc.ErrorDomain
 
 // Stable ErrorInfo reasons (docs/errors.md). Clients switch on these, so they never change meaning.
 const (
 	ReasonSigninRequired      = "SIGNIN_REQUIRED"
-	ReasonNotAttested         = "NOT_ATTESTED"
+	ReasonNotAttested         = ipc.ReasonNotAttested
 	ReasonConsentDenied       = "CONSENT_DENIED"
 	ReasonPolicy              = "POLICY"
 	ReasonConsentPending      = "CONSENT_PENDING"
 	ReasonInteractionRequired = "INTERACTION_REQUIRED"
 	ReasonIdPUnreachable      = "IDP_UNREACHABLE"
-	ReasonInvalidArgument     = "INVALID_ARGUMENT"
+	ReasonInvalidArgument     = ipc.ReasonInvalidArgument
 	ReasonUnknownAgent        = "UNKNOWN_AGENT"
 	ReasonRateLimited         = "RATE_LIMITED"
 	ReasonAgentRejected       = "AGENT_REJECTED"       // the IdP refused the agent identity or its blueprint credential
@@ -40,16 +37,7 @@ const (
 // rpcError builds a status with ErrorInfo (and RetryInfo when retry > 0). msg is shown to the caller, so it must say
 // what to do and must never carry a token or secret.
 func rpcError(code codes.Code, reason, msg string, retry time.Duration, meta map[string]string) error {
-	st := status.New(code, msg)
-	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: meta}}
-	if retry > 0 {
-		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
-	}
-	withDetails, err := st.WithDetails(details...)
-	if err != nil {
-		return st.Err()
-	}
-	return withDetails.Err()
+	return ipc.StatusError(code, reason, msg, retry, meta)
 }
 
 // idpError maps a classified IdP failure to the caller's status. The table is docs/errors.md.
