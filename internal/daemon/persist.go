@@ -133,27 +133,50 @@ func (t *tokenStore) load(now time.Time) []servedToken {
 	if err != nil {
 		t.log.Warn("reading stored tokens failed", "err", err)
 	}
-	for _, k := range expired {
-		_ = t.st.Delete(bucketTokens, k)
+	if err := t.deleteAll(expired); err != nil {
+		t.log.Warn("could not delete expired tokens from the store; they are skipped again at the next start",
+			"count", len(expired), "err", err)
 	}
 	return out
 }
 
-// purge deletes every stored token that match selects, so a revocation also holds across a restart.
+// purge deletes every stored token that match selects, so a revocation also holds across a restart. The deletes are
+// one transaction: one fsync however many tokens a user had (onPermanent holds a flight's waiters until this returns),
+// and a crash cannot leave part of a revoked session's tokens to be restored at the next start.
 func (t *tokenStore) purge(match func(servedToken) bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var doomed []string
-	_ = t.st.ForEach(bucketTokens, func(key string, value []byte) error {
+	err := t.st.ForEach(bucketTokens, func(key string, value []byte) error {
 		var s servedToken
 		if json.Unmarshal(value, &s) != nil || match(s) {
 			doomed = append(doomed, key)
 		}
 		return nil
 	})
-	for _, k := range doomed {
-		_ = t.st.Delete(bucketTokens, k)
+	if err != nil {
+		t.log.Warn("could not read the stored tokens to purge revoked ones; they may be restored at the next start", "err", err)
+		return
 	}
+	if err := t.deleteAll(doomed); err != nil {
+		t.log.Warn("could not purge revoked tokens from the store; they may be restored at the next start",
+			"count", len(doomed), "err", err)
+	}
+}
+
+// deleteAll deletes keys from the tokens bucket in one transaction. Callers hold mu.
+func (t *tokenStore) deleteAll(keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	return t.st.Update(func(tx *store.Tx) error {
+		for _, k := range keys {
+			if err := tx.Delete(bucketTokens, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // auditAnchor is the audit log's last (seq, hash), kept in the encrypted store: the hash chain alone cannot tell a log
