@@ -485,11 +485,23 @@ func (b *Broker) EndTask(ctx context.Context, in *agentidv1.EndTaskRequest) (*ag
 	if in.GetTaskId() == "" || len(in.GetTaskId()) > maxFieldLen || !printable(in.GetTaskId()) {
 		return nil, badRequest("task_id is required")
 	}
-	if _, ok := ipc.PeerFromContext(ctx); !ok {
+	peer, ok := ipc.PeerFromContext(ctx)
+	if !ok {
 		return nil, rpcError(codes.PermissionDenied, ReasonNotAttested, "no peer credentials on this connection", 0, nil)
 	}
+	// A task's grants are its agent's to end: any other process of the user could otherwise revoke them (task ids
+	// appear in the audit log) and cancel their open requests.
+	agents := map[string]bool{}
+	for _, a := range b.cfg.Load().Agents {
+		if _, _, err := b.attest(peer, a); err == nil {
+			agents[a.Name] = true
+		}
+	}
+	if len(agents) == 0 {
+		return nil, rpcError(codes.PermissionDenied, ReasonNotAttested, "the calling process is not attested as any configured agent", 0, nil)
+	}
 	out := &agentidv1.EndTaskResponse{}
-	for _, g := range b.consent.EndTask(in.GetTaskId()) {
+	for _, g := range b.consent.EndTask(in.GetTaskId(), agents) {
 		out.RevokedGrantIds = append(out.RevokedGrantIds, g.ID)
 	}
 	return out, nil

@@ -357,3 +357,15 @@ func TestTooManyPendingIsNotADenial(t *testing.T) {
 		t.Errorf("a denial: %v, want PERMISSION_DENIED", err)
 	}
 }
+
+// EndTask revokes grants, so it answers only a process attested as an agent, and only for that agent's grants.
+func TestEndTaskNeedsAnAttestedCaller(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.b.EndTask(peerCtx(otherPID, otherStart), &agentidv1.EndTaskRequest{TaskId: "t1"})
+	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != ReasonNotAttested {
+		t.Errorf("EndTask from an unbound process: %v, want PERMISSION_DENIED/NOT_ATTESTED", err)
+	}
+	if _, err := f.b.EndTask(peerCtx(testPID, testStart), &agentidv1.EndTaskRequest{TaskId: "t1"}); err != nil {
+		t.Errorf("EndTask from the agent: %v", err)
+	}
+}

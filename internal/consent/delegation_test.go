@@ -241,11 +241,11 @@ func TestTaskGrantEndsWhenItsProcessExits(t *testing.T) {
 	mustPending(t, err) // the task asks again
 
 	// A grant ended otherwise stops its watch.
-	m.EndTask("task-1")
+	m.EndTask("task-1", helperOnly)
 	_, err = m.Check(ctx, taskReq("task-2", 102), 0)
 	mustPending(t, err)
 	approve(t, m, 0)
-	m.EndTask("task-2")
+	m.EndTask("task-2", helperOnly)
 	if w.isWatched(102) || !slices.Contains(w.stopped, 102) {
 		t.Fatalf("EndTask left pid 102 watched (stopped %v)", w.stopped)
 	}

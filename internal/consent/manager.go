@@ -710,15 +710,16 @@ func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
 }
 
 // EndTask ends the grants bound to taskID and drops open requests for it:
-// nobody should approve work for a task that is over.
-func (m *Manager) EndTask(taskID string) []Grant {
+// nobody should approve work for a task that is over. Only those of the
+// named local agents are touched: the ones the caller is attested as.
+func (m *Manager) EndTask(taskID string, agents map[string]bool) []Grant {
 	if taskID == "" {
 		return nil
 	}
 	m.mu.RLock()
 	var open []*pending
 	for _, p := range m.byID {
-		if p.req.TaskID == taskID {
+		if p.req.TaskID == taskID && agents[p.req.AgentName] {
 			open = append(open, p)
 		}
 	}
@@ -726,7 +727,7 @@ func (m *Manager) EndTask(taskID string) []Grant {
 	for _, p := range open {
 		_, _ = m.settle(p, outcome{via: "cancelled", reason: "task ended"})
 	}
-	return m.revokeWhere(func(g *Grant) bool { return g.TaskID == taskID }, ReasonTaskEnded)
+	return m.revokeWhere(func(g *Grant) bool { return g.TaskID == taskID && agents[g.AgentName] }, ReasonTaskEnded)
 }
 
 func (m *Manager) revokeWhere(match func(*Grant) bool, reason string) []Grant {

@@ -77,6 +77,9 @@ func (p *memPersister) SaveConsent(b []byte) error {
 	return nil
 }
 
+// helperOnly is EndTask's agent set for a caller attested as baseReq's agent.
+var helperOnly = map[string]bool{"files-helper": true}
+
 func baseReq() Request {
 	return Request{
 		UserOID: "user-1", UserUPN: "alice@contoso.example",
@@ -247,15 +250,23 @@ func TestTaskBoundGrantEndsAtEndTask(t *testing.T) {
 	if _, err := m.Check(ctx, r, 0); err != nil {
 		t.Fatalf("same task: %v", err)
 	}
-	ended := m.EndTask("task-7")
+	// Another agent's EndTask for the same task id ends nothing of this one's.
+	if ended := m.EndTask("task-7", map[string]bool{"other-agent": true}); len(ended) != 0 {
+		t.Fatalf("EndTask by another agent revoked %v", ended)
+	}
+	ended := m.EndTask("task-7", helperOnly)
 	if len(ended) != 1 || ended[0].ID != g.ID || !slices.Equal(revoked, []string{ReasonTaskEnded}) {
 		t.Fatalf("EndTask = %v, revoked %v", ended, revoked)
 	}
 	// The open request for task-8 is unaffected; task-7 asks again.
 	_, err := m.Check(ctx, r, 0)
 	mustPending(t, err)
-	// Ending task-7 again drops its open request.
-	m.EndTask("task-7")
+	// Another agent cannot drop its open request; its own EndTask does.
+	m.EndTask("task-7", map[string]bool{"other-agent": true})
+	if !slices.ContainsFunc(m.Pending(), func(p Request) bool { return p.TaskID == "task-7" }) {
+		t.Fatal("EndTask by another agent cancelled this one's open request")
+	}
+	m.EndTask("task-7", helperOnly)
 	for _, p := range m.Pending() {
 		if p.TaskID == "task-7" {
 			t.Fatalf("request for ended task still pending: %+v", p)
