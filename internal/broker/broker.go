@@ -306,6 +306,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	}
 	c.grant = grant
 	c.key = cache.NewKey(c.user.OID, agent.AppID, req.mode, req.resource, req.scopes, req.claims)
+	c.key.AgentName = agent.Name
 	var idBuf [256]byte
 	if ki := b.keyInfo.lookup(c.key.AppendID(idBuf[:0])); ki != nil && ki.grantID == grant.ID {
 		ki.seen(b.now())

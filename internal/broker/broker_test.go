@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -367,5 +368,41 @@ func TestEndTaskNeedsAnAttestedCaller(t *testing.T) {
 	}
 	if _, err := f.b.EndTask(peerCtx(testPID, testStart), &agentidv1.EndTaskRequest{TaskId: "t1"}); err != nil {
 		t.Errorf("EndTask from the agent: %v", err)
+	}
+}
+
+// Two local agents sharing one Entra agent identity have their own grants, so they must have their own tokens: revoking
+// one's grant purges its token and leaves the other's.
+func TestAgentsSharingAnIdentityHaveTheirOwnTokens(t *testing.T) {
+	f := newFixture(t)
+	cfg := *f.b.cfg.Load()
+	cfg.Agents = append(slices.Clone(cfg.Agents), config.Agent{Name: "twin", AppID: testAppID, Bindings: cfg.Agents[0].Bindings})
+	f.b.SetConfig(&cfg)
+	ctx := peerCtx(testPID, testStart)
+	if _, err := f.b.GetToken(ctx, &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}); err != nil {
+		t.Fatal(err)
+	}
+	twinReq := &agentidv1.GetTokenRequest{Agent: "twin", Scopes: []string{testScope}}
+	if _, err := f.b.GetToken(ctx, twinReq); reasonOf(err) != ReasonConsentPending {
+		t.Fatalf("twin's first call: %v, want its own consent request", err)
+	}
+	pending := f.b.consent.Pending()
+	if len(pending) != 1 {
+		t.Fatalf("pending: %+v", pending)
+	}
+	twinGrant, err := f.b.consent.Decide(pending[0].ID, true, time.Hour, consent.ViaTerminal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := f.b.GetToken(ctx, twinReq); err != nil || resp.GetSource() != agentidv1.TokenSource_TOKEN_SOURCE_IDP {
+		t.Fatalf("twin's token: %v from %v, want its own from the IdP", err, resp.GetSource())
+	}
+	if n := len(f.c.Snapshot()); n != 2 {
+		t.Fatalf("%d cached tokens, want one per local agent", n)
+	}
+	f.c.PurgeGrant(twinGrant.ID, "test")
+	snap := f.c.Snapshot()
+	if len(snap) != 1 || snap[0].Key.AgentName != testAgent {
+		t.Fatalf("after revoking twin's grant: %+v, want only %s's token", snap, testAgent)
 	}
 }

@@ -25,6 +25,7 @@ func TestNewKey(t *testing.T) {
 		{"hand-built unsorted key", Key{UserOID: "u", AgentAppID: "a", Mode: "obo", Resource: "r", Scopes: []string{"b", "a", "b"}}, true},
 		{"other user", NewKey("u2", "a", "obo", "r", []string{"a", "b"}, ""), false},
 		{"other agent", NewKey("u", "a2", "obo", "r", []string{"a", "b"}, ""), false},
+		{"other local agent of the same identity", func() Key { k := NewKey("u", "a", "obo", "r", []string{"a", "b"}, ""); k.AgentName = "twin"; return k }(), false},
 		{"other mode", NewKey("u", "a", "app", "r", []string{"a", "b"}, ""), false},
 		{"other resource", NewKey("u", "a", "obo", "r2", []string{"a", "b"}, ""), false},
 		{"subset of scopes", NewKey("u", "a", "obo", "r", []string{"a"}, ""), false},

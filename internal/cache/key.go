@@ -7,13 +7,17 @@ import (
 	"strings"
 )
 
-// Key names one cacheable token: whose authority (UserOID), which agent (AgentAppID), which identity model (Mode), for
+// Key names one cacheable token: whose authority (UserOID), which agent (AgentAppID, AgentName), which identity model (Mode), for
 // which API (Resource), with which scopes, under which claims challenge. Two requests share a token only when every field
 // is equal. Build keys with NewKey so that Scopes is a sorted set and ClaimsHash is derived the same way everywhere; a Key
 // built by hand still works, because ID normalizes the scopes again.
 type Key struct {
-	UserOID    string   `json:"user_oid"`
-	AgentAppID string   `json:"agent_app_id"`
+	UserOID    string `json:"user_oid"`
+	AgentAppID string `json:"agent_app_id"`
+	// AgentName is the local agent the token is for. Two configured agents may share one Entra agent identity, but each
+	// has its own grants, so each has its own tokens: a revocation of one's grant then purges (and tells the watchers
+	// of) exactly its tokens.
+	AgentName  string   `json:"agent_name,omitempty"`
 	Mode       string   `json:"mode"`
 	Resource   string   `json:"resource"`
 	Scopes     []string `json:"scopes"`                // sorted, deduplicated, no empty strings
@@ -64,6 +68,8 @@ func appendID(b []byte, k Key) []byte {
 	b = appendField(b, k.UserOID)
 	b = append(b, 0)
 	b = appendField(b, k.AgentAppID)
+	b = append(b, 0)
+	b = appendField(b, k.AgentName)
 	b = append(b, 0)
 	b = appendField(b, k.Mode)
 	b = append(b, 0)
