@@ -23,30 +23,16 @@ func TestChangedBinaryIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256File(t, bound)
-	e := newEnv(t, envOptions{extraConfig: fmt.Sprintf(`
-[[agent]]
-name = "bound-agent"
-app_id = "c7d8e9f0-a1b2-4c3d-9e4f-5a6b7c8d9e0f"
-[[agent.binding]]
-exe = %q
-sha256 = %q
-`, bound, sum)})
-	e.login()
-	run := func() string {
-		cmd := exec.Command(bound, "-agent", "bound-agent", "-consent-wait", "0s")
-		cmd.Env = e.environ()
-		out, _ := cmd.CombinedOutput()
-		return string(out)
-	}
+	e := boundAgentEnv(t, bound)
 	// Attested: it gets as far as asking the user.
-	if out := run(); !strings.Contains(out, "CONSENT_PENDING") {
+	if out := runAgent(e, bound); !strings.Contains(out, "CONSENT_PENDING") {
 		t.Fatalf("unchanged binary: %s", out)
 	}
 	// One byte appended: the ELF still runs, but it is no longer the approved binary.
 	if err := os.WriteFile(bound, append(raw, 0), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out := run()
+	out := runAgent(e, bound)
 	if !strings.Contains(out, "NOT_ATTESTED") || !strings.Contains(out, bound) || !strings.Contains(out, sum[:12]) {
 		t.Fatalf("changed binary: %s", out)
 	}
@@ -74,6 +60,18 @@ func TestBindMountedImpostorIsRefused(t *testing.T) {
 	if err := os.WriteFile(impostor, append(raw, 0), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	e := boundAgentEnv(t, bound)
+	if out := runAgent(e, bound); !strings.Contains(out, "CONSENT_PENDING") {
+		t.Fatalf("the bound binary itself: %s", out)
+	}
+	out := runAgent(e, "unshare", "-rm", "sh", "-c", `mount --bind "$0" "$1" && b=$1 && shift && exec "$b" "$@"`, impostor, bound)
+	if !strings.Contains(out, "NOT_ATTESTED") || !strings.Contains(out, "bound-agent") {
+		t.Fatalf("impostor mounted over the bound path: %s", out)
+	}
+}
+
+// boundAgentEnv is a signed-in env with agent "bound-agent" bound to the file bound as it is now.
+func boundAgentEnv(t *testing.T, bound string) *env {
 	e := newEnv(t, envOptions{extraConfig: fmt.Sprintf(`
 [[agent]]
 name = "bound-agent"
@@ -83,18 +81,14 @@ exe = %q
 sha256 = %q
 `, bound, sha256File(t, bound))})
 	e.login()
-	run := func(name string, args ...string) string {
-		cmd := exec.Command(name, args...)
-		cmd.Env = e.environ()
-		out, _ := cmd.CombinedOutput()
-		return string(out)
-	}
-	if out := run(bound, "-agent", "bound-agent", "-consent-wait", "0s"); !strings.Contains(out, "CONSENT_PENDING") {
-		t.Fatalf("the bound binary itself: %s", out)
-	}
-	out := run("unshare", "-rm", "sh", "-c", `mount --bind "$0" "$1" && exec "$1" -agent bound-agent -consent-wait 0s`,
-		impostor, bound)
-	if !strings.Contains(out, "NOT_ATTESTED") {
-		t.Fatalf("impostor mounted over the bound path: %s", out)
-	}
+	return e
+}
+
+// runAgent runs a demo agent asking for a token as bound-agent without waiting for consent (through command, when
+// given, which execs the agent with the arguments appended) and returns what it printed.
+func runAgent(e *env, command ...string) string {
+	cmd := exec.Command(command[0], append(command[1:], "-agent", "bound-agent", "-consent-wait", "0s")...)
+	cmd.Env = e.environ()
+	out, _ := cmd.CombinedOutput()
+	return string(out)
 }
