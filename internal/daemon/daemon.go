@@ -74,6 +74,7 @@ type Daemon struct {
 	inspect  platform.ProcessInspector
 	now      func() time.Time
 	alerts   *alerter
+	refusals *idpRefusals
 	started  time.Time
 	sec      *secretsRuntime
 	// auditBroken freezes the audit anchor once the log failed verification, so the evidence is not overwritten.
@@ -152,9 +153,13 @@ func run(ctx context.Context, o Options) error {
 	defer d.saveAuditAnchor()
 
 	var b *broker.Broker
+	d.refusals = newIdPRefusals(d.now, d.idp.Account, d.sec.rotated)
 	d.cache = cache.New(cache.Options{
+		// A subject the IdP refused moments ago is answered from memory: see refusalMemory.
 		Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) {
-			return d.sec.fetch(ctx, func(ctx context.Context) (cache.Token, error) { return b.Fetch(ctx, k) })
+			return d.refusals.fetch(ctx, k, func(ctx context.Context) (cache.Token, error) {
+				return d.sec.fetch(ctx, func(ctx context.Context) (cache.Token, error) { return b.Fetch(ctx, k) })
+			})
 		},
 		OnStored: func(k cache.Key, t cache.Token) {
 			if d.store != nil {
@@ -356,8 +361,17 @@ func (d *Daemon) onConsentDecision(dec consent.Decision) {
 	_, _ = d.audit.Append(r)
 }
 
-// onPermanent widens a permanent refresh failure to every token derived from the condemned principal.
+// onPermanent widens a permanent refresh failure to every token derived from the condemned principal. A refusal of an
+// agent or user handled within refusalMemory is not handled again: the cache has dropped the failed key, and the
+// subject's other tokens were purged, alerted, audited and logged the first time.
 func (d *Daemon) onPermanent(k cache.Key, err error) {
+	r, first := d.refusals.claim(k, err)
+	if !first {
+		return
+	}
+	if r != nil {
+		defer close(r.handled)
+	}
 	e := entra.Classify(err)
 	var n int
 	switch e.Subject {
@@ -393,7 +407,11 @@ func (d *Daemon) onPermanent(k cache.Key, err error) {
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: e.Error(), User: audit.User{OID: k.UserOID},
 		Agent: audit.Agent{AppID: k.AgentAppID}, Mode: k.Mode, Resource: k.Resource, Scopes: k.Scopes})
-	d.log.Warn("permanent identity provider failure; purged derived tokens", "class", e.Class.String(), "purged", n)
+	attrs := []any{"class", e.Class.String(), "purged", n}
+	if r != nil {
+		attrs = append(attrs, "refusal_remembered_for", refusalMemory.String())
+	}
+	d.log.Warn("permanent identity provider failure; purged derived tokens", attrs...)
 }
 
 func classifyForCache(err error) cache.Class {
