@@ -49,6 +49,17 @@ type lifecycleOptions struct {
 func lifecycleDaemonWith(t *testing.T, o lifecycleOptions) (*client.Conn, *emutest.Emulator) {
 	t.Helper()
 	emu := emutest.Start(t, emutest.Options{TokenLifetime: o.tokenLifetime})
+	cfgPath, socket := inProcessSetup(t, emu, lifecycleAgent, o.extraConfig)
+	c, _ := runInProcess(t, cfgPath, socket, o.clock)
+	signIn(t, c, emu)
+	return c, emu
+}
+
+// inProcessSetup writes, in a fresh directory, a config for emu that binds agent to this test binary (which is also the
+// daemon's own executable, so Admin calls are allowed), and stores the blueprint secret. It returns the config's path
+// and the socket.
+func inProcessSetup(t *testing.T, emu *emutest.Emulator, agent, extraConfig string) (cfgPath, socket string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "aidd-race-") // short: sun_path is 108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -84,9 +95,9 @@ app_id = %q
 [[agent.binding]]
 exe = %q
 sha256 = %q
-`, emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, emu.CAFile, stateDir, socket, o.extraConfig,
-		lifecycleAgent, emutest.AgentAppID, self, hex.EncodeToString(sum[:]))
-	cfgPath := filepath.Join(dir, "config.toml")
+`, emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, emu.CAFile, stateDir, socket, extraConfig,
+		agent, emutest.AgentAppID, self, hex.EncodeToString(sum[:]))
+	cfgPath = filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,24 +111,34 @@ sha256 = %q
 	if err := secrets.Set(platform.BlueprintItem(emutest.BlueprintAppID), []byte(emutest.BlueprintSecret)); err != nil {
 		t.Fatal(err)
 	}
+	return cfgPath, socket
+}
 
+// runInProcess runs the daemon on cfgPath in this process until stop (or the test's end) and returns a client once it
+// answers. stop may be called more than once.
+func runInProcess(t *testing.T, cfgPath, socket string, clock func() time.Time) (c *client.Conn, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Clock: o.clock, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Clock: clock, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon.Run: %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("daemon.Run: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("daemon did not stop")
 			}
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
-	var c *client.Conn
+		})
+	}
+	t.Cleanup(stop)
+	var err error
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if c, err = client.Dial(socket); err == nil {
@@ -137,8 +158,12 @@ sha256 = %q
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Cleanup(func() { c.Close() })
+	return c, stop
+}
 
-	// Sign in through the Admin API and the device-code page.
+// signIn runs `agentidd login` through the Admin API and the emulator's device-code page.
+func signIn(t *testing.T, c *client.Conn, emu *emutest.Emulator) {
+	t.Helper()
 	stream, err := c.Admin.Login(context.Background(), &agentidv1.LoginRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -154,10 +179,9 @@ sha256 = %q
 			}
 		}
 		if ev.GetUserUpn() != "" {
-			break
+			return
 		}
 	}
-	return c, emu
 }
 
 // lifecycleApprover approves every pending consent request for an hour, until ctx ends.

@@ -91,29 +91,6 @@ func tokenRequests(t *testing.T, emu *emutest.Emulator) int {
 	return cn.ByClientID[emutest.AgentAppID] + cn.ByClientID[emutest.BlueprintAppID]
 }
 
-// signInAgain runs `agentidd login` through the Admin API and the emulator's device-code page.
-func signInAgain(t *testing.T, c *client.Conn, emu *emutest.Emulator) {
-	t.Helper()
-	stream, err := c.Admin.Login(context.Background(), &agentidv1.LoginRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			t.Fatalf("login: %v", err)
-		}
-		if ev.GetUserCode() != "" {
-			if err := emu.CompleteDeviceCode(ev.GetVerificationUri(), ev.GetUserCode(), emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if ev.GetUserUpn() != "" {
-			return
-		}
-	}
-}
-
 // TestAgentRefusalRemembered: an agent identity disabled at the IdP is refused once there; an agent retrying its
 // misses is answered the same refusal from memory for refusalMemory, with one purge record rather than one per miss,
 // and once the memory is over (the agent re-enabled meanwhile) the next request gets a token without a restart.
@@ -232,7 +209,7 @@ func TestUserRefusalRemembered(t *testing.T) {
 	refuseAll("with the sign-in revoked")
 	// The emulator compares whole seconds: sign in after the revocation's second. The daemon's clock is not moved.
 	time.Sleep(time.Until(revokedAt.Truncate(time.Second).Add(1100 * time.Millisecond)))
-	signInAgain(t, c, emu)
+	signIn(t, c, emu)
 	emu.ResetCounters()
 	resp, err := c.Agent.GetToken(context.Background(), readRequest())
 	if err != nil {

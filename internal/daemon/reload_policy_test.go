@@ -2,11 +2,6 @@ package daemon_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,9 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/client"
-	"github.com/agentidd/agentidd/internal/daemon"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
-	"github.com/agentidd/agentidd/platform"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
@@ -38,130 +31,18 @@ type policyDaemon struct {
 
 func newPolicyDaemon(t *testing.T) *policyDaemon {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "aidd-pol-") // short: sun_path is 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	policyDir := filepath.Join(dir, "policy")
-	if err := os.MkdirAll(policyDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	d := &policyDaemon{t: t, emu: emutest.Start(t, emutest.Options{}), cfgPath: filepath.Join(dir, "config.toml"),
-		socket: filepath.Join(dir, "run", "agentidd.sock"), policy: filepath.Join(policyDir, "policy.toml")}
+	d := &policyDaemon{t: t, emu: emutest.Start(t, emutest.Options{}), policy: filepath.Join(t.TempDir(), "policy.toml")}
 	t.Setenv("AGENTIDD_POLICY", d.policy)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if self, err = filepath.EvalSymlinks(self); err != nil {
-		t.Fatal(err)
-	}
-	exe, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(exe)
-	stateDir := filepath.Join(dir, "state")
-	cfg := fmt.Sprintf(`authority = %q
-client_id = %q
-blueprint_app_id = %q
-dev_ca_file = %q
-secret_store = "file"
-state_dir = %q
-socket = %q
-
-[[agent]]
-name = %q
-app_id = %q
-[[agent.binding]]
-exe = %q
-sha256 = %q
-`, d.emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, d.emu.CAFile, stateDir, d.socket,
-		policyAgent, emutest.AgentAppID, self, hex.EncodeToString(sum[:]))
-	if err := os.WriteFile(d.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	secrets, err := platform.OpenSecretStore("file", stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := secrets.Set(platform.BlueprintItem(emutest.BlueprintAppID), []byte(emutest.BlueprintSecret)); err != nil {
-		t.Fatal(err)
-	}
+	d.cfgPath, d.socket = inProcessSetup(t, d.emu, policyAgent, "")
 	return d
 }
 
 // start runs the daemon until stop (or the test's end) and returns a client once it answers.
 func (d *policyDaemon) start() *client.Conn {
 	d.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- daemon.Run(ctx, daemon.Options{ConfigPath: d.cfgPath, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	}()
-	stopped := false
-	d.stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				d.t.Errorf("daemon.Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			d.t.Error("daemon did not stop")
-		}
-	}
-	d.t.Cleanup(d.stop)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := client.Dial(d.socket)
-		if err == nil {
-			if _, err = c.Admin.Status(context.Background(), &agentidv1.StatusRequest{}); err == nil {
-				d.t.Cleanup(func() { c.Close() })
-				return c
-			}
-			c.Close()
-		}
-		select {
-		case err := <-done:
-			d.t.Fatalf("daemon exited at start: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("daemon did not come up: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (d *policyDaemon) login(c *client.Conn) {
-	d.t.Helper()
-	stream, err := c.Admin.Login(context.Background(), &agentidv1.LoginRequest{})
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			d.t.Fatalf("login: %v", err)
-		}
-		if ev.GetUserCode() != "" {
-			if err := d.emu.CompleteDeviceCode(ev.GetVerificationUri(), ev.GetUserCode(), emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
-				d.t.Fatal(err)
-			}
-		}
-		if ev.GetUserUpn() != "" {
-			return
-		}
-	}
+	var c *client.Conn
+	c, d.stop = runInProcess(d.t, d.cfgPath, d.socket, nil)
+	return c
 }
 
 // writePolicy writes the file in place, as an editor that does not rename would: the daemon may read it half written.
@@ -222,7 +103,7 @@ const brokenPolicy = `allowed_agents = "` + emutest.AgentAppID + `"` + "\n"
 func TestPolicyBrokenKeepsGrants(t *testing.T) {
 	d := newPolicyDaemon(t)
 	c := d.start()
-	d.login(c)
+	signIn(t, c, d.emu)
 	approve, stopApproving := context.WithCancel(context.Background())
 	go lifecycleApprover(approve, c)
 	req := &agentidv1.GetTokenRequest{Agent: policyAgent, Scopes: policyRequest.Scopes, ConsentWait: durationpb.New(10 * time.Second)}
