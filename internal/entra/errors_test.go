@@ -81,34 +81,15 @@ func TestClassifyInteractionBeforeCodes(t *testing.T) {
 // (users/reauth), as the daemon gets it through MSAL: the user must act, with the claims, and the sign-in is not lost.
 func TestClassifyEmulatorReauth(t *testing.T) {
 	emu := emutest.Start(t, emutest.Options{})
-	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
-		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
-		HTTPClient: emu.HTTPClient(), DevAuthority: true,
-		BlueprintSecret: func() (string, error) { return emutest.BlueprintSecret, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prompts := make(chan entra.DeviceCodePrompt, 1)
-	signedIn := make(chan error, 1)
-	go func() {
-		_, err := c.LoginDeviceCode(ctx, func(p entra.DeviceCodePrompt) { prompts <- p })
-		signedIn <- err
-	}()
-	p := <-prompts
-	if err := emu.CompleteDeviceCode(p.VerificationURI, p.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-signedIn; err != nil {
-		t.Fatal(err)
-	}
+	c := signedInClient(t, ctx, emu)
 	if _, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, ""); err != nil {
 		t.Fatalf("exchange before the re-authentication event: %v", err)
 	}
 
 	emu.RequireReauth(emutest.DefaultUserUPN)
-	_, err = c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, "")
+	_, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, "")
 	var e *entra.Error
 	if !errors.As(err, &e) {
 		t.Fatalf("exchange after the re-authentication event: %v, want an *entra.Error", err)

@@ -16,27 +16,9 @@ import (
 // call renews, so every round of concurrent calls here would race without serialisation.
 func TestUserTokenConcurrentRenewalsKeepTheSignIn(t *testing.T) {
 	emu := emutest.Start(t, emutest.Options{TokenLifetime: 4 * time.Minute})
-	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
-		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
-		HTTPClient: emu.HTTPClient(), DevAuthority: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prompts := make(chan entra.DeviceCodePrompt, 1)
-	signedIn := make(chan error, 1)
-	go func() {
-		_, err := c.LoginDeviceCode(ctx, func(p entra.DeviceCodePrompt) { prompts <- p })
-		signedIn <- err
-	}()
-	p := <-prompts
-	if err := emu.CompleteDeviceCode(p.VerificationURI, p.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-signedIn; err != nil {
-		t.Fatal(err)
-	}
+	c := signedInClient(t, ctx, emu)
 	emu.ResetCounters()
 
 	const rounds, concurrent = 5, 8
@@ -65,4 +47,31 @@ func TestUserTokenConcurrentRenewalsKeepTheSignIn(t *testing.T) {
 	if got := cn.ByGrantType["refresh_token"]; got != rounds*concurrent {
 		t.Errorf("refresh token redemptions = %d, want one per call (%d): the test did not renew every time", got, rounds*concurrent)
 	}
+}
+
+// signedInClient is an entra client for emu (with the blueprint's secret), signed in as the default user through the
+// emulator's device-code page.
+func signedInClient(t *testing.T, ctx context.Context, emu *emutest.Emulator) *entra.Client {
+	t.Helper()
+	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
+		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
+		HTTPClient: emu.HTTPClient(), DevAuthority: true,
+		BlueprintSecret: func() (string, error) { return emutest.BlueprintSecret, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompts := make(chan entra.DeviceCodePrompt, 1)
+	signedIn := make(chan error, 1)
+	go func() {
+		_, err := c.LoginDeviceCode(ctx, func(p entra.DeviceCodePrompt) { prompts <- p })
+		signedIn <- err
+	}()
+	p := <-prompts
+	if err := emu.CompleteDeviceCode(p.VerificationURI, p.UserCode, emutest.DefaultUserUPN, emutest.DefaultUserPassword); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-signedIn; err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
