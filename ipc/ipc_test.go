@@ -27,9 +27,9 @@ func TestGuard(t *testing.T) {
 	}
 	withHeader := metadata.Pairs(GuardHeader, GuardValue)
 	tests := []struct {
-		name string
-		peer *PeerInfo
-		md   metadata.MD
+		name   string
+		peer   *PeerInfo
+		md     metadata.MD
 		want   codes.Code
 		reason string
 		msg    string
