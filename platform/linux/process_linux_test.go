@@ -138,10 +138,14 @@ func TestInspectParsing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ins := newProcessInspector(fakeProc(t, 42, tt.stat, tt.status, tt.exe))
+			root := fakeProc(t, 42, tt.stat, tt.status, tt.exe)
+			ins := newProcessInspector(root)
 			got, err := ins.Inspect(42)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if !tt.wantErr {
+				tt.want.Image = filepath.Join(root, "42", "exe") // what opens the running image
 			}
 			if got != tt.want {
 				t.Errorf("got %+v, want %+v", got, tt.want)
