@@ -709,6 +709,12 @@ func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentAppID == agentAppID }, reason)
 }
 
+// RevokeLocalAgent revokes the grants of one configured agent (name and agent identity), leaving any other local agent
+// that shares the identity its own.
+func (m *Manager) RevokeLocalAgent(name, agentAppID, reason string) []Grant {
+	return m.revokeWhere(func(g *Grant) bool { return g.AgentName == name && g.AgentAppID == agentAppID }, reason)
+}
+
 // EndTask ends the grants bound to taskID and drops open requests for it:
 // nobody should approve work for a task that is over. Only those of the
 // named local agents are touched: the ones the caller is attested as.

@@ -65,18 +65,7 @@ func inProcessSetup(t *testing.T, emu *emutest.Emulator, agent, extraConfig stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if self, err = filepath.EvalSymlinks(self); err != nil {
-		t.Fatal(err)
-	}
-	exe, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(exe)
+	self, sum := selfBinding(t)
 	stateDir, socket := filepath.Join(dir, "state"), filepath.Join(dir, "run", "agentidd.sock")
 	cfg := fmt.Sprintf(`authority = %q
 client_id = %q
@@ -96,7 +85,7 @@ app_id = %q
 exe = %q
 sha256 = %q
 `, emu.Authority, emutest.PublicClientID, emutest.BlueprintAppID, emu.CAFile, stateDir, socket, extraConfig,
-		agent, emutest.AgentAppID, self, hex.EncodeToString(sum[:]))
+		agent, emutest.AgentAppID, self, sum)
 	cfgPath = filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -112,6 +101,24 @@ sha256 = %q
 		t.Fatal(err)
 	}
 	return cfgPath, socket
+}
+
+// selfBinding is this test binary's path and hex SHA-256, for binding an agent to it.
+func selfBinding(t *testing.T) (path, sum string) {
+	t.Helper()
+	path, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, err = filepath.EvalSymlinks(path); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(exe)
+	return path, hex.EncodeToString(h[:])
 }
 
 // runInProcess runs the daemon on cfgPath in this process until stop (or the test's end) and returns a client once it

@@ -79,10 +79,11 @@ func (d *Daemon) reload() {
 		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store, dev_ca_file, audit_max_mb and audit_keep need a restart; keeping the last good config")
 		return
 	}
-	// Agents that are gone lose their grants and tokens before the new config is in force.
+	// Agents that are gone, or now name another agent identity, lose their grants and tokens before the new config is
+	// in force. Only theirs: another local agent sharing the identity keeps its own.
 	for _, a := range old.Agents {
-		if _, still := cfg.Agent(a.Name); !still {
-			d.dropAgent(a.AppID, "agent removed from config")
+		if now, still := cfg.Agent(a.Name); !still || now.AppID != a.AppID {
+			d.dropLocalAgent(a, "agent removed from config")
 		}
 	}
 	d.cfgMu.Lock()
@@ -94,7 +95,18 @@ func (d *Daemon) reload() {
 	d.log.Info("config reloaded", "agents", len(cfg.Agents))
 }
 
-// dropAgent revokes an agent's grants and purges its tokens (cache and store) before returning.
+// dropLocalAgent revokes one configured agent's grants and purges its tokens (cache and store) before returning.
+func (d *Daemon) dropLocalAgent(a config.Agent, reason string) {
+	d.consent.RevokeLocalAgent(a.Name, a.AppID, reason)
+	mine := func(k cache.Key) bool { return k.AgentName == a.Name && k.AgentAppID == a.AppID }
+	d.cache.PurgeMatching(mine, reason)
+	if d.store != nil {
+		d.tokens.purge(func(s servedToken) bool { return mine(s.Key) })
+	}
+}
+
+// dropAgent revokes the grants and purges the tokens (cache and store) of every local agent of an agent identity
+// before returning.
 func (d *Daemon) dropAgent(appID, reason string) {
 	d.consent.RevokeAgent(appID, reason)
 	d.cache.PurgeAgent(appID, reason)
