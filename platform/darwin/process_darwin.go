@@ -3,12 +3,14 @@
 package darwin
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -22,9 +24,8 @@ func init() {
 	platform.RegisterProcessInspector(NewProcessInspector)
 }
 
-// ProcessInspector reads processes through sysctl (kern.proc.pid,
-// kern.procargs2); proc_pidpath needs libproc via cgo, which the daemon
-// avoids.
+// ProcessInspector reads processes through sysctl (kern.proc.pid) and the
+// proc_info syscall (proc_pidpath).
 type ProcessInspector struct {
 	digester *platform.ExeDigester
 }
@@ -96,30 +97,43 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	}, nil
 }
 
-// execPath reads the exec path from kern.procargs2: an int32 argc, then
-// the path given to execve, NUL-terminated. That path may be relative (it
-// is what the caller passed); a relative path cannot be matched against a
-// binding, so it is an error rather than a guess.
+// proc_info(2) selectors for proc_pidpath: PROC_INFO_CALL_PIDINFO with the PROC_PIDPATHINFO flavor, and the buffer
+// size libproc documents for it (PROC_PIDPATHINFO_MAXSIZE).
+const (
+	procInfoCallPIDInfo = 2
+	procPIDPathInfo     = 11
+	procPIDPathMaxSize  = 4 * 1024
+)
+
+// execPath is proc_pidpath(pid): the path of the vnode the process runs, from the kernel. kern.procargs2 is not an
+// option: its exec path is a copy on the process's own stack, which the process can overwrite with any path it likes
+// (say, a bound agent's or agentidd's own) before it connects. libproc's wrapper needs cgo, which the daemon avoids;
+// the proc_info syscall is what it calls.
 func execPath(pid int) (string, error) {
-	b, err := unix.SysctlRaw("kern.procargs2", pid)
-	if err != nil {
-		return "", fmt.Errorf("sysctl kern.procargs2: %w", err)
+	buf := make([]byte, procPIDPathMaxSize)
+	n, _, errno := unix.Syscall6(unix.SYS_PROC_INFO, procInfoCallPIDInfo, uintptr(pid), procPIDPathInfo, 0,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	runtime.KeepAlive(buf)
+	if errno != 0 {
+		if errno == unix.ESRCH {
+			return "", fmt.Errorf("proc_pidpath: %w", platform.ErrNoSuchProcess)
+		}
+		return "", fmt.Errorf("proc_pidpath: %w", errno)
 	}
-	return parseProcArgs2(b)
+	return parsePIDPath(buf, int(n))
 }
 
-func parseProcArgs2(b []byte) (string, error) {
-	if len(b) < 4 {
-		return "", errors.New("kern.procargs2: short answer")
+// parsePIDPath takes proc_pidpath's answer: n bytes of buf, the path NUL-terminated or not.
+func parsePIDPath(buf []byte, n int) (string, error) {
+	if n <= 0 || n > len(buf) {
+		return "", fmt.Errorf("proc_pidpath: answer of %d bytes", n)
 	}
-	rest := b[4:] // skip argc
-	i := bytes.IndexByte(rest, 0)
-	if i <= 0 {
-		return "", errors.New("kern.procargs2: no exec path")
+	path := string(buf[:n])
+	if i := strings.IndexByte(path, 0); i >= 0 {
+		path = path[:i]
 	}
-	path := string(rest[:i])
 	if !filepath.IsAbs(path) {
-		return "", fmt.Errorf("exec path %q is relative", path)
+		return "", fmt.Errorf("proc_pidpath: %q is not an absolute path", path)
 	}
 	return filepath.Clean(path), nil
 }
