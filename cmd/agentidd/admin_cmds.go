@@ -7,6 +7,8 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -38,8 +40,9 @@ func grantsCmd(g *globals) *cobra.Command {
 				if gr.GetTaskId() != "" {
 					task = " task=" + gr.GetTaskId()
 				}
-				fmt.Fprintf(w, "%s  %s (%s) %s %s until %s via %s%s\n", gr.GetId(), gr.GetAgentName(), gr.GetMode(), gr.GetResource(),
-					strings.Join(gr.GetScopes(), ","), gr.GetNotAfter().AsTime().Local().Format(time.RFC3339), gr.GetDecidedVia(), task)
+				fmt.Fprintf(w, "%s  %s (%s) %s %s until %s via %s%s\n", shown(gr.GetId()), shown(gr.GetAgentName()), shown(gr.GetMode()),
+					shown(gr.GetResource()), shown(strings.Join(gr.GetScopes(), ",")), gr.GetNotAfter().AsTime().Local().Format(time.RFC3339),
+					shown(gr.GetDecidedVia()), shown(task))
 			}
 			return nil
 		}),
@@ -60,15 +63,30 @@ func grantsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// shown makes text an agent may have chosen (its executable's file name, scopes, task ids) safe to print on the user's
+// terminal: control characters (an escape sequence could rewrite the lines around it, say to show other scopes than
+// those asked for) and bidirectional overrides (which reorder what is shown) are printed as \u escapes.
+func shown(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == utf8.RuneError {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 func printConsentRequest(w io.Writer, r *agentidv1.ConsentRequest) {
-	fmt.Fprintf(w, "request %s: agent %s (%s) wants %s access to %s: %s\n", r.GetId(), r.GetAgentName(), r.GetAgentAppId(),
-		r.GetMode(), r.GetResource(), strings.Join(r.GetScopes(), " "))
-	fmt.Fprintf(w, "  process %d %s (sha256 %s…)\n", r.GetPid(), r.GetExePath(), r.GetExeSha256Prefix())
+	fmt.Fprintf(w, "request %s: agent %s (%s) wants %s access to %s: %s\n", shown(r.GetId()), shown(r.GetAgentName()),
+		shown(r.GetAgentAppId()), shown(r.GetMode()), shown(r.GetResource()), shown(strings.Join(r.GetScopes(), " ")))
+	fmt.Fprintf(w, "  process %d %s (sha256 %s…)\n", r.GetPid(), shown(r.GetExePath()), shown(r.GetExeSha256Prefix()))
 	if r.GetTaskId() != "" {
-		fmt.Fprintf(w, "  task %s\n", r.GetTaskId())
+		fmt.Fprintf(w, "  task %s\n", shown(r.GetTaskId()))
 	}
 	if len(r.GetChain()) > 0 {
-		fmt.Fprintf(w, "  delegated by %s\n", strings.Join(r.GetChain(), " → "))
+		fmt.Fprintf(w, "  delegated by %s\n", shown(strings.Join(r.GetChain(), " → ")))
 	}
 	if r.GetJustification() != "" {
 		fmt.Fprintf(w, "  the agent says (its own words, unverified): %q\n", r.GetJustification())
