@@ -133,13 +133,20 @@ loop:
 	return exitCode(child.ProcessState), nil
 }
 
-// childEnv drops variables that would point SDKs at another identity endpoint than ours.
+// childEnv drops variables that would point SDKs at another identity than the agent's: other managed-identity
+// endpoints, and the Azure SDKs' environment and workload-identity credentials, which DefaultAzureCredential tries
+// before managed identity (a developer's service principal in the shell would otherwise act, unaudited, in the agent's
+// place).
 func childEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		switch strings.ToUpper(name) {
-		case ipc.EnvSocket, execenv.EnvEndpoint, execenv.EnvHeader, "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT":
+		case ipc.EnvSocket, execenv.EnvEndpoint, execenv.EnvHeader, "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+			"IDENTITY_SERVER_THUMBPRINT",
+			"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+			"AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "AZURE_USERNAME", "AZURE_PASSWORD",
+			"AZURE_FEDERATED_TOKEN_FILE", "AZURE_TOKEN_CREDENTIALS":
 			continue
 		}
 		out = append(out, kv)
