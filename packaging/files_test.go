@@ -56,8 +56,10 @@ func TestSystemdUnitDirectives(t *testing.T) {
 		{"LockPersonality", "yes"},
 		{"MemoryDenyWriteExecute", "yes"},
 		{"SystemCallArchitectures", "native"},
-		// Under ProtectSystem=strict these are what keep state, config and the socket writable.
-		{"StateDirectory", "agentidd"},
+		// Under ProtectSystem=strict these are what keep state, config and the socket writable. The state directory is
+		// named outright: before systemd 254, StateDirectory= in a user unit is under ~/.config, not ~/.local/state.
+		{"ExecStartPre", "+/usr/bin/mkdir -p -m 0700 %h/.local/state/agentidd"},
+		{"ReadWritePaths", "%h/.local/state/agentidd"},
 		{"ConfigurationDirectory", "agentidd"},
 		{"RuntimeDirectory", "agentidd"},
 		{"RuntimeDirectoryMode", "0700"},
