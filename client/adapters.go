@@ -8,10 +8,22 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"golang.org/x/oauth2"
+
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
-// tokenTimeout bounds one daemon call made through an adapter whose interface carries no context (oauth2).
+// tokenTimeout bounds one daemon call made through an adapter whose interface carries no context (oauth2), beyond the
+// consent wait the caller asked for: the user's answer must not be cut short by the adapter's own deadline.
 const tokenTimeout = 30 * time.Second
+
+// adapterTimeout is the deadline of an adapter's call for a request built from opts.
+func adapterTimeout(opts []Option) time.Duration {
+	var req agentidv1.GetTokenRequest
+	for _, o := range opts {
+		o(&req)
+	}
+	return tokenTimeout + req.GetConsentWait().AsDuration()
+}
 
 // TokenSource returns an oauth2.TokenSource of agent's tokens for scopes, for libraries built on golang.org/x/oauth2.
 // Wrap it in oauth2.ReuseTokenSource only if you must: the daemon already caches and refreshes, so every Token call is
@@ -28,7 +40,7 @@ type tokenSource struct {
 }
 
 func (s *tokenSource) Token() (*oauth2.Token, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), tokenTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), adapterTimeout(s.opts))
 	defer cancel()
 	t, err := s.c.Token(ctx, s.agent, s.scopes, s.opts...)
 	if err != nil {

@@ -138,3 +138,13 @@ func TestCredential(t *testing.T) {
 		t.Fatalf("refused agent: %v", err)
 	}
 }
+
+// The oauth2 adapter's own deadline must outlast the consent wait it asks the daemon for.
+func TestAdapterTimeoutCoversTheConsentWait(t *testing.T) {
+	if got := adapterTimeout(nil); got != tokenTimeout {
+		t.Errorf("without a consent wait: %v, want %v", got, tokenTimeout)
+	}
+	if got := adapterTimeout([]Option{WithJustification("x"), WithConsentWait(2 * time.Minute)}); got != 2*time.Minute+tokenTimeout {
+		t.Errorf("with a 2m consent wait: %v, want %v", got, 2*time.Minute+tokenTimeout)
+	}
+}
