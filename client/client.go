@@ -5,7 +5,6 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -164,6 +163,3 @@ func RetryDelay(err error) time.Duration { return ipc.RetryDelay(err) }
 
 // Metadata returns the ErrorInfo metadata (e.g. request_id for CONSENT_PENDING, claims for INTERACTION_REQUIRED).
 func Metadata(err error) map[string]string { return ipc.ErrorInfo(err).GetMetadata() }
-
-// ErrNoDaemon is returned by helpers when no daemon answers.
-var ErrNoDaemon = errors.New("agentidd is not running: start it with `agentidd run` or install the service")
