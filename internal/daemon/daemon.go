@@ -205,11 +205,9 @@ func run(ctx context.Context, o Options) error {
 	}
 	d.restoreTokens(b)
 
-	endpoint := cfg.Socket
-	if endpoint == "" {
-		if endpoint, err = ipc.DefaultPath(); err != nil {
-			return err
-		}
+	endpoint, err := listenEndpoint(cfg)
+	if err != nil {
+		return err
 	}
 	ln, err := ipc.Listen(endpoint)
 	if err != nil {
@@ -445,4 +443,17 @@ func idpHTTPClient(cfg *config.Config) (*http.Client, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, nil
+}
+
+// listenEndpoint is where the daemon listens, in the order every client and the CLI look for it: $AGENTIDD_SOCKET
+// (which `agentidd run --socket` sets), then the config's socket, then the OS default. Were the config to come first, a
+// daemon would listen where agents told by the environment do not look.
+func listenEndpoint(cfg *config.Config) (string, error) {
+	if p := os.Getenv(ipc.EnvSocket); p != "" {
+		return p, nil
+	}
+	if cfg.Socket != "" {
+		return cfg.Socket, nil
+	}
+	return ipc.DefaultPath()
 }
