@@ -123,7 +123,8 @@ func readCertCredential(path string) ([]byte, error) {
 
 // rotate stores secret under name, keeping a different current value under name.previous until the daemon has used the
 // new one successfully (it deletes .previous then). The old value is written first: a crash in between leaves the old
-// secret in force, never neither.
+// secret in force, never neither. A .previous still there means the current value was never confirmed good, so it is
+// kept as it is: .previous always holds the last credential known to work.
 func rotate(s platform.SecretStore, name string, secret []byte) (kept bool, err error) {
 	old, err := s.Get(name)
 	switch {
@@ -131,6 +132,14 @@ func rotate(s platform.SecretStore, name string, secret []byte) (kept bool, err 
 		old = nil
 	case err != nil:
 		return false, err
+	}
+	_, prevErr := s.Get(name + daemon.PreviousSecretSuffix)
+	switch {
+	case prevErr == nil:
+		old = nil // an unconfirmed value is not worth keeping over the last known-good one
+		kept = true
+	case !errors.Is(prevErr, platform.ErrSecretNotFound):
+		return false, prevErr
 	}
 	if old != nil && !bytes.Equal(old, secret) {
 		if err := s.Set(name+daemon.PreviousSecretSuffix, old); err != nil {
@@ -146,15 +155,13 @@ func rotate(s platform.SecretStore, name string, secret []byte) (kept bool, err 
 
 func secretCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "secret", Short: "Store agent credentials in the OS secret store"}
-	var blueprint, agent, certFile string
+	// Only the blueprint has a credential: agent identities act through it (ENTRA-NOTES), so there is no per-agent secret.
+	var blueprint, certFile string
 	item := func() (string, error) {
-		switch {
-		case blueprint != "" && agent == "":
-			return platform.BlueprintItem(blueprint), nil
-		case agent != "" && blueprint == "":
-			return platform.AgentItem(agent), nil
+		if blueprint == "" {
+			return "", errors.New("name the blueprint: --blueprint APPID")
 		}
-		return "", errors.New("name exactly one of --blueprint APPID or --agent APPID")
+		return platform.BlueprintItem(blueprint), nil
 	}
 	open := func() (platform.SecretStore, error) {
 		cfg, err := g.config()
@@ -232,7 +239,6 @@ func secretCmd(g *globals) *cobra.Command {
 	}
 	for _, c := range []*cobra.Command{set, rm} {
 		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id")
-		c.Flags().StringVar(&agent, "agent", "", "agent identity app id")
 	}
 	cmd.AddCommand(set, rm)
 	return cmd

@@ -94,13 +94,17 @@ func TestRotateKeepsPrevious(t *testing.T) {
 		{"first", "", "a", false, ""},
 		{"same again", "a", "a", false, ""},
 		{"rotation", "a", "b", true, "a"},
+		// b was never confirmed good (a is still kept): a third value keeps a, the last credential known to work.
+		{"rotation before the daemon used the last one", "a,b", "c", true, "a"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := platform.NewFileSecretStore(t.TempDir())
 			if tc.existing != "" {
-				if err := s.Set("blueprint/x", []byte(tc.existing)); err != nil {
-					t.Fatal(err)
+				for _, v := range strings.Split(tc.existing, ",") {
+					if _, err := rotate(s, "blueprint/x", []byte(v)); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			kept, err := rotate(s, "blueprint/x", []byte(tc.set))
