@@ -192,7 +192,9 @@ func logsHint() string {
 		home, _ := os.UserHomeDir()
 		return "Logs: " + servicecfg.LogDir("darwin", home) + "/agentidd.{out,err}.log"
 	default:
-		return "Logs: Event Viewer > Windows Logs > Application (source agentidd) for start failures; see docs/install.md"
+		// The daemon writes no event log of its own: the service manager records start failures under System.
+		return "Logs: Event Viewer > Windows Logs > System (source Service Control Manager) for start failures; " +
+			"the daemon's own log: stop the service and run `agentidd run` in a console (docs/install.md)"
 	}
 }
 
