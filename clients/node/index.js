@@ -1,8 +1,9 @@
 'use strict';
 // Node client for agentidd: ask the local daemon for a token for an agent. The daemon attests the calling process, so
 // run the agent under `agentidd exec --agent NAME -- node agent.js` or bind its executable in the agentidd config.
+const crypto = require('crypto');
+const fs = require('fs');
 const path = require('path');
-const os = require('os');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
@@ -20,11 +21,105 @@ function proto() {
   return pkg;
 }
 
-// endpoint mirrors the Go client on Linux and macOS: $AGENTIDD_SOCKET, else $XDG_RUNTIME_DIR/agentidd/agentidd.sock.
-function endpoint() {
-  if (process.env.AGENTIDD_SOCKET) return process.env.AGENTIDD_SOCKET;
-  if (process.env.XDG_RUNTIME_DIR) return path.join(process.env.XDG_RUNTIME_DIR, 'agentidd', 'agentidd.sock');
-  throw new Error('agentidd: set AGENTIDD_SOCKET (agentidd exec sets it for you); home dir ' + os.homedir());
+// Longest socket path each OS's sun_path holds, minus the terminating NUL (ipc/pure.go).
+const MAX_SUN_PATH = { darwin: 103, linux: 107 };
+
+// fitSocketPath mirrors ipc.fitSocketPath: the first candidate that fits in maxLen bytes, else a short path under
+// /tmp/agentidd-<uid>/ named by a hash of the first candidate (never a truncated path).
+function fitSocketPath(cands, uid, maxLen) {
+  for (const c of cands) if (c && Buffer.byteLength(c) <= maxLen) return c;
+  const h = crypto.createHash('sha256').update(cands.length ? cands[0] : '').digest('hex').slice(0, 12);
+  return path.posix.join('/tmp', 'agentidd-' + uid, h + '.sock');
+}
+
+// endpoint is the Go client's client.Endpoint (ipc.DefaultPath): $AGENTIDD_SOCKET, else the per-OS default --
+//   Linux: $XDG_RUNTIME_DIR/agentidd/agentidd.sock, else <$XDG_CACHE_HOME or $HOME/.cache>/agentidd/run/agentidd.sock;
+//   macOS: $HOME/Library/Application Support/agentidd/agentidd.sock, else $TMPDIR/agentidd/agentidd.sock
+//          (XDG_RUNTIME_DIR is not used there);
+// either falls back to /tmp/agentidd-<uid>/<hash>.sock when no candidate fits in sun_path. On Windows the default is
+// the pipe \\.\pipe\agentidd-<user SID>; Node cannot read the SID without a native module, so AGENTIDD_SOCKET must
+// be set there (`agentidd exec` sets it). env and platform are parameters for tests.
+function endpoint(env = process.env, platform = process.platform) {
+  if (env.AGENTIDD_SOCKET) return env.AGENTIDD_SOCKET;
+  if (platform === 'win32') {
+    throw new Error('agentidd: set AGENTIDD_SOCKET to the daemon\'s pipe (agentidd exec sets it for you)');
+  }
+  const uid = process.geteuid ? process.geteuid() : -1;
+  const cands = [];
+  if (platform === 'darwin') {
+    if (env.HOME) cands.push(path.posix.join(env.HOME, 'Library', 'Application Support', 'agentidd', 'agentidd.sock'));
+    if (env.TMPDIR && path.posix.isAbsolute(env.TMPDIR)) {
+      cands.push(path.posix.join(env.TMPDIR, 'agentidd', 'agentidd.sock'));
+    }
+    return fitSocketPath(cands, uid, MAX_SUN_PATH.darwin);
+  }
+  if (env.XDG_RUNTIME_DIR && path.posix.isAbsolute(env.XDG_RUNTIME_DIR)) {
+    cands.push(path.posix.join(env.XDG_RUNTIME_DIR, 'agentidd', 'agentidd.sock'));
+  }
+  // os.UserCacheDir: $XDG_CACHE_HOME (must be absolute), else $HOME/.cache.
+  const cache = env.XDG_CACHE_HOME ? (path.posix.isAbsolute(env.XDG_CACHE_HOME) ? env.XDG_CACHE_HOME : '')
+    : (env.HOME ? env.HOME + '/.cache' : '');
+  if (cache) cands.push(path.posix.join(cache, 'agentidd', 'run', 'agentidd.sock'));
+  if (!cands.length) {
+    throw new Error('agentidd: neither XDG_RUNTIME_DIR nor a user cache dir is set; set AGENTIDD_SOCKET');
+  }
+  return fitSocketPath(cands, uid, MAX_SUN_PATH.linux);
+}
+
+// checkSocket refuses a socket another user could have put there, before anything is sent on it: a fake daemon
+// would otherwise receive the agent name, task id and justification and could hand back a token of its choosing.
+// The Go client asks the kernel who serves the socket (SO_PEERCRED / LOCAL_PEERCRED) and refuses any uid but its own
+// effective uid. Node cannot read peer credentials without a native module, so this checks what guarantees the same
+// thing: the daemon's own Listen rule for the socket directory (ipc.checkDir: a real directory, not a symlink, owned
+// by this uid, no group or world bits), which leaves no other user (root aside, who is trusted anyway) a way to
+// create or swap an entry in it, and a socket (not a symlink or other file) owned by this uid.
+//
+// Windows is skipped: the endpoint is a named pipe, which has no owner or mode bits to lstat; what guards it is the
+// pipe's DACL, set by the daemon (only the user and SYSTEM), and the daemon creating the first instance exclusively
+// (a squatter's pipe makes the daemon fail to start). The Go client also checks the pipe server's SID
+// (GetNamedPipeServerProcessId); Node cannot without a native module, so a pipe squatted while no daemon runs is not
+// detected here.
+async function checkSocket(socketPath, platform = process.platform) {
+  if (platform === 'win32') return;
+  const uid = process.geteuid();
+  const dir = path.dirname(socketPath);
+  const refuse = (what) => {
+    const err = new Error(`agentidd: refusing to use ${socketPath} as uid ${uid}: ${what}; nothing was sent to it ` +
+      '(a socket another user could have created is not the daemon)');
+    err.code = 'AGENTIDD_UNTRUSTED_SOCKET';
+    return err;
+  };
+  let st;
+  try {
+    st = await fs.promises.lstat(dir);
+  } catch (err) {
+    throw refuse(`socket directory ${dir}: ${err.message}`);
+  }
+  if (!st.isDirectory()) throw refuse(`socket directory ${dir} is not a directory (symlinks are refused)`);
+  if (st.uid !== uid) throw refuse(`socket directory ${dir} is owned by uid ${st.uid}, not by this user`);
+  if (st.mode & 0o077) {
+    const mode = (st.mode & 0o777).toString(8);
+    throw refuse(`socket directory ${dir} has mode 0${mode}; it must not be group or world accessible (mode 0700)`);
+  }
+  try {
+    st = await fs.promises.lstat(socketPath);
+  } catch (err) {
+    throw refuse(err.code === 'ENOENT' ? 'no such socket (is agentidd running?)' : err.message);
+  }
+  if (!st.isSocket()) throw refuse('it is not a socket (symlinks are refused)');
+  if (st.uid !== uid) throw refuse(`the socket is owned by uid ${st.uid}, not by this user`);
+}
+
+// Deadlines: a call without a consent wait gets DEFAULT_TIMEOUT_MS; one that waits for consent gets at least the wait
+// plus CONSENT_MARGIN_MS, so the daemon's answer (a token, or CONSENT_PENDING when the wait runs out) arrives first.
+const DEFAULT_TIMEOUT_MS = 60000;
+const CONSENT_MARGIN_MS = 30000;
+
+// callTimeoutMs is the call's deadline in ms from now: the caller's timeoutMs when given, else the default above.
+function callTimeoutMs(opts = {}) {
+  if (opts.timeoutMs) return opts.timeoutMs;
+  const wait = Number(opts.consentWaitSeconds) || 0;
+  return wait > 0 ? Math.max(DEFAULT_TIMEOUT_MS, wait * 1000 + CONSENT_MARGIN_MS) : DEFAULT_TIMEOUT_MS;
 }
 
 function guard() {
@@ -61,15 +156,21 @@ function reasonOf(err) {
 
 class Client {
   constructor(socketPath) {
-    const p = socketPath || endpoint();
-    this.stub = new (proto().AgentIdentity)('unix:' + p, grpc.credentials.createInsecure());
+    this.socketPath = socketPath || endpoint();
+    this.stub = null; // made after the first checkSocket passes, so nothing connects to an unchecked socket
   }
 
   // token asks for agent's token for scopes. opts: { consentWaitSeconds, justification, taskId, timeoutMs }.
-  token(agent, scopes, opts = {}) {
+  // timeoutMs defaults to 60 s, or to consentWaitSeconds + 30 s when that is longer.
+  async token(agent, scopes, opts = {}) {
     const req = { agent, scopes, justification: opts.justification || '', taskId: opts.taskId || '' };
     if (opts.consentWaitSeconds) req.consentWait = { seconds: String(opts.consentWaitSeconds), nanos: 0 };
-    const deadline = new Date(Date.now() + (opts.timeoutMs || 60000));
+    const deadline = new Date(Date.now() + callTimeoutMs(opts));
+    // Checked before every call, not once: the daemon may have restarted, and the channel reconnects by path.
+    await checkSocket(this.socketPath);
+    if (!this.stub) {
+      this.stub = new (proto().AgentIdentity)('unix:' + this.socketPath, grpc.credentials.createInsecure());
+    }
     return new Promise((resolve, reject) => {
       this.stub.GetToken(req, guard(), { deadline }, (err, resp) => {
         if (err) {
@@ -90,7 +191,7 @@ class Client {
     });
   }
 
-  close() { this.stub.close(); }
+  close() { if (this.stub) this.stub.close(); }
 }
 
 // token is the one-call form: dial, ask once, close.
@@ -99,4 +200,4 @@ async function token(agent, scopes, opts) {
   try { return await c.token(agent, scopes, opts); } finally { c.close(); }
 }
 
-module.exports = { Client, token, reasonOf, GUARD_HEADER, GUARD_VALUE };
+module.exports = { Client, token, reasonOf, endpoint, checkSocket, callTimeoutMs, GUARD_HEADER, GUARD_VALUE };
