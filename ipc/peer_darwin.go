@@ -30,8 +30,12 @@ func defaultPath() (string, error) {
 	return fitSocketPath(cands, os.Geteuid(), maxSunPath), nil
 }
 
-// peerOf reads LOCAL_PEERCRED (uid, groups) and LOCAL_PEERPID. Both are
-// captured by the kernel at connect time.
+// peerOf reads LOCAL_PEERCRED (uid, groups), which the kernel records at
+// connect, and LOCAL_PEERPID, which is the last process to have used the
+// peer socket (xnu's last_pid): read at accept, that is the connecting
+// process unless it handed the socket on first. The pid and its start time
+// then name the peer; a process that execs another program keeps both, the
+// limit SECURITY.md states.
 func peerOf(c net.Conn) (*PeerInfo, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
