@@ -23,6 +23,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -68,6 +70,24 @@ func TestMain(m *testing.M) {
 				_ = c.Close()
 			}
 		}
+	case "exec":
+		// Connects, says so, waits for a line, then execs sleep with the connection still open (a child of an attacker
+		// would hold it; here the execed program does).
+		c, err := Dial(context.Background(), os.Getenv(envSock))
+		if err != nil {
+			fmt.Println("dial:", err)
+			os.Exit(1)
+		}
+		if uc, ok := c.(*net.UnixConn); ok {
+			if f, err := uc.File(); err == nil {
+				_, _ = unix.FcntlInt(f.Fd(), unix.F_SETFD, 0) // no close-on-exec: the connection survives the exec
+			}
+		}
+		fmt.Println("connected")
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		sleep, _ := exec.LookPath("sleep")
+		_ = syscall.Exec(sleep, []string{"sleep", "30"}, os.Environ())
+		os.Exit(1)
 	case "hold":
 		// Connects, says so, and stays connected until stdin closes.
 		c, err := Dial(context.Background(), os.Getenv(envSock))
@@ -553,5 +573,59 @@ func TestPeerReapedBeforeAccept(t *testing.T) {
 				t.Fatalf("peerOf a reaped client = %+v, %v; want ErrPeerGone", p, err)
 			}
 		})
+	}
+}
+
+// TestPeerRecordsTheExecutableAtAccept: the peer's executable is recorded when it is accepted, so that a later exec
+// (which keeps the pid and start time) shows.
+func TestPeerRecordsTheExecutableAtAccept(t *testing.T) {
+	path := sockPath(t)
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"=exec", envSock+"="+path)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
+		t.Fatalf("child said %q", line)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := c.(*conn).peer
+	var self, now unix.Stat_t
+	if err := unix.Stat(os.Args[0], &self); err != nil {
+		t.Fatal(err)
+	}
+	if p.ExeDev != self.Dev || p.ExeIno != self.Ino {
+		t.Fatalf("recorded exe %d:%d, want the test binary %d:%d", p.ExeDev, p.ExeIno, self.Dev, self.Ino)
+	}
+	if _, err := stdin.Write([]byte("exec\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/exe", p.PID), &now); err == nil && now.Ino != self.Ino {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the child did not exec")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.Alive(); err != nil {
+		t.Fatalf("after exec the peer is still the same process: %v", err)
+	}
+	if p.ExeIno == now.Ino && p.ExeDev == now.Dev {
+		t.Fatal("the recorded exe followed the exec")
 	}
 }

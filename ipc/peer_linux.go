@@ -89,6 +89,11 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Read after the liveness handle exists and checked again through it: a pid reused in between cannot lend its exe.
+	var st unix.Stat_t
+	if unix.Stat("/proc/"+strconv.Itoa(p.PID)+"/exe", &st) == nil && p.live.alive() == nil {
+		p.ExeDev, p.ExeIno = st.Dev, st.Ino
+	}
 	return p, nil
 }
 

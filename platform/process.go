@@ -34,7 +34,9 @@ type Process struct {
 	// Image opens the running executable image itself, where the OS has such a handle (Linux: /proc/<pid>/exe). It
 	// differs from ExePath when the process sees another file at that path than the daemon does: a process in its own
 	// mount namespace can bind-mount any program over a bound agent's path and exec it.
-	Image     string
+	Image string
+	// ImageID is the running image's file identity where the OS can tell (Linux); zero elsewhere.
+	ImageID   FileID
 	StartTime uint64
 }
 

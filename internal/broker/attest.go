@@ -126,6 +126,10 @@ func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Proces
 	if peer.StartTime != 0 && proc.StartTime != peer.StartTime {
 		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process's PID was reused", 0, nil)
 	}
+	if ExecutedSinceAccept(peer, proc) {
+		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonNotAttested,
+			"the process that connected has started another program since: connect again from the agent itself", 0, nil)
+	}
 	res, err := b.attestor.Attest(proc, toAttestAgent(agent))
 	if err != nil {
 		var na *attest.NotAttestedError
@@ -145,4 +149,14 @@ func toAttestAgent(a config.Agent) attest.Agent {
 		out.Bindings = append(out.Bindings, attest.Binding{ExePath: bnd.Exe, SHA256: bnd.SHA256})
 	}
 	return out
+}
+
+// ExecutedSinceAccept reports whether the process that connected runs another file now than when it was accepted
+// (where both are known). Its pid and start time survive an exec, so without this a process could connect, hand the
+// socket to a child and exec a bound agent (or agentidd itself) for the child to be taken for it.
+func ExecutedSinceAccept(peer *ipc.PeerInfo, proc platform.Process) bool {
+	if peer.ExeIno == 0 || proc.ImageID == (platform.FileID{}) {
+		return false
+	}
+	return peer.ExeDev != proc.ImageID.Dev || peer.ExeIno != proc.ImageID.Ino
 }

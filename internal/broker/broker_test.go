@@ -406,3 +406,27 @@ func TestAgentsSharingAnIdentityHaveTheirOwnTokens(t *testing.T) {
 		t.Fatalf("after revoking twin's grant: %+v, want only %s's token", snap, testAgent)
 	}
 }
+
+func TestExecutedSinceAccept(t *testing.T) {
+	peer := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+	peer.ExeDev, peer.ExeIno = 1, 100
+	tests := []struct {
+		name string
+		img  platform.FileID
+		want bool
+	}{
+		{"same file", platform.FileID{Dev: 1, Ino: 100}, false},
+		{"another file since", platform.FileID{Dev: 1, Ino: 200}, true},
+		{"another device", platform.FileID{Dev: 2, Ino: 100}, true},
+		{"image unknown", platform.FileID{}, false},
+	}
+	for _, tt := range tests {
+		if got := ExecutedSinceAccept(peer, platform.Process{ImageID: tt.img}); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	unknown := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+	if ExecutedSinceAccept(unknown, platform.Process{ImageID: platform.FileID{Dev: 1, Ino: 200}}) {
+		t.Error("a peer whose exe was not recorded counts as having executed")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/broker"
 	"github.com/agentidd/agentidd/internal/consent"
 	"github.com/agentidd/agentidd/internal/entra"
 	"github.com/agentidd/agentidd/ipc"
@@ -37,6 +38,9 @@ func (d *Daemon) checkAdminPeer(ctx context.Context) error {
 	}
 	if peer.StartTime != 0 && proc.StartTime != peer.StartTime {
 		return status.Error(codes.PermissionDenied, "the calling process's PID was reused")
+	}
+	if broker.ExecutedSinceAccept(peer, proc) {
+		return status.Error(codes.PermissionDenied, "the process that connected has started another program since")
 	}
 	exe, _ := filepath.EvalSymlinks(proc.ExePath)
 	if exe != d.selfExe {

@@ -72,6 +72,12 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	// we are root. Either way attestation has nothing to match, so it is an
 	// error rather than an empty path.
 	image := filepath.Join(dir, "exe")
+	var imageID platform.FileID
+	if fi, err := os.Stat(image); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			imageID = platform.FileID{Dev: st.Dev, Ino: st.Ino}
+		}
+	}
 	exe, err := os.Readlink(image)
 	if err != nil {
 		return platform.Process{}, procErr(pid, err)
@@ -83,7 +89,7 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	} else if _, start2, err := parseStat(stat2); err != nil || start2 != start {
 		return platform.Process{}, fmt.Errorf("inspect pid %d: process changed while being read: %w", pid, platform.ErrNoSuchProcess)
 	}
-	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, Image: image, StartTime: start}, nil
+	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, Image: image, ImageID: imageID, StartTime: start}, nil
 }
 
 // ExeDigest returns the cached hex SHA-256 of the file at path.
