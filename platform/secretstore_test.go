@@ -115,7 +115,7 @@ func TestInvalidItems(t *testing.T) {
 	dir := t.TempDir()
 	stores := map[string]SecretStore{
 		"file":    NewFileSecretStore(dir),
-		"keyring": NewKeyringSecretStore(newFakeKeyring()),
+		"keyring": NewKeyringSecretStore(newFakeKeyring(), 0),
 		"sealed":  NewSealedSecretStore(dir, newFakeSealer(t), NewFileSecretStore(dir), DataKeyItem),
 	}
 	items := []string{"", ".", "..", "a\nb", "tab\there", "é", strings.Repeat("x", maxItemLen+1)}
@@ -169,7 +169,7 @@ func TestOpenSecretStore(t *testing.T) {
 			t.Errorf("kind %q with no OS backend: %v", kind, err)
 		}
 	}
-	fake := NewKeyringSecretStore(newFakeKeyring())
+	fake := NewKeyringSecretStore(newFakeKeyring(), 0)
 	var gotDir string
 	RegisterOSSecretStore(func(d string) (SecretStore, error) { gotDir = d; return fake, nil })
 	if s, err := OpenSecretStore("os", dir); err != nil || s != fake || gotDir != dir {
@@ -245,7 +245,7 @@ func (f *fakeKeyring) Describe() string { return "fake keyring" }
 
 func TestKeyringStore(t *testing.T) {
 	kr := newFakeKeyring()
-	s := NewKeyringSecretStore(kr)
+	s := NewKeyringSecretStore(kr, 0)
 	binary := []byte{0, 1, 2, 0xff, '\n', 0x80}
 	if err := s.Set(DataKeyItem, binary); err != nil {
 		t.Fatal(err)
@@ -302,7 +302,7 @@ func (f fakeSealer) Unseal(sealed, entropy []byte) ([]byte, error) {
 
 func TestSealedSecretStore(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keys")
-	inner := NewKeyringSecretStore(newFakeKeyring())
+	inner := NewKeyringSecretStore(newFakeKeyring(), 0)
 	sealer := newFakeSealer(t)
 	s := NewSealedSecretStore(dir, sealer, inner, DataKeyItem, "other-key")
 	if !strings.Contains(s.Describe(), "fake keyring + FAKE-sealed files") {

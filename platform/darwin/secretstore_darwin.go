@@ -16,11 +16,33 @@ import (
 // Behaviour is compile-checked only on CI (CGO_ENABLED=0 builds for darwin).
 func init() {
 	platform.RegisterOSSecretStore(func(string) (platform.SecretStore, error) {
-		return platform.NewKeyringSecretStore(Keychain{Service: platform.SecretService}), nil
+		return platform.NewKeyringSecretStore(Keychain{Service: platform.SecretService}, keychainMaxValue), nil
 	})
 }
 
 const backendName = "Keychain"
+
+// keychainMaxValue is the longest value handed to the Keychain as one item;
+// longer ones (a certificate and its key, ~3,900 characters in base64) are
+// split by platform.NewKeyringSecretStore.
+//
+// go-keyring (v0.2.8, keyring_darwin.go) writes an item by sending
+//
+//	add-generic-password -U -s <service> -a <item> -w go-keyring-base64:<base64 of value>\n
+//
+// to `security -i` and refuses (ErrSetDataTooBig) when that line is over
+// 4096 bytes. Each argument goes through shellescape.Quote, which leaves
+// [A-Za-z0-9_@%+=:,./-] alone: agentidd's service, item names and both
+// base64 layers pass unquoted. The line is 36 fixed bytes ("add-generic-
+// password -U -s ", " -a ", " -w ", "\n") + the service "agentidd" (8) +
+// the item + 18 ("go-keyring-base64:") + 4*ceil(len(value)/3). The longest
+// item agentidd writes is a part of a rotated blueprint credential,
+// "blueprint/<36-char app id>.previous.c<8 hex>.<0-63>" (68 bytes), so a
+// value of V bytes needs 130 + 4*ceil(V/3) <= 4096: V <= 2973. Even an item
+// of checkItem's maximum 200 bytes, quoted (+2 for a name without a single
+// quote), allows V <= 2874. 2048 gives a line of 2862 bytes for agentidd's
+// longest item and 2996 for a 200-byte one: a margin of over 1000 bytes.
+const keychainMaxValue = 2048
 
 const remedyLocked = "unlock the login keychain (security unlock-keychain login.keychain-db, or log in at the console), then retry; " +
 	`or, accepting weaker protection, set secret_store = "file" in agentidd's config (see docs/secrets.md)`

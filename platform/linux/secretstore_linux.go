@@ -21,7 +21,7 @@ import (
 
 func init() {
 	platform.RegisterOSSecretStore(func(string) (platform.SecretStore, error) {
-		return platform.NewKeyringSecretStore(&SecretService{Service: platform.SecretService}), nil
+		return platform.NewKeyringSecretStore(&SecretService{Service: platform.SecretService}, 0), nil
 	})
 }
 

@@ -76,7 +76,7 @@ func TestCredentialManagerTooBig(t *testing.T) {
 func TestWindowsSecretStoreLayout(t *testing.T) {
 	dir := t.TempDir()
 	cm := CredentialManager{Service: fmt.Sprintf("agentidd-test-%d", os.Getpid())}
-	s := platform.NewSealedSecretStore(dir, DPAPI{}, platform.NewKeyringSecretStore(cm), platform.DataKeyItem)
+	s := platform.NewSealedSecretStore(dir, DPAPI{}, platform.NewKeyringSecretStore(cm, credManMaxValue), platform.DataKeyItem)
 	agent := platform.AgentItem("11111111-2222-3333-4444-555555555555")
 	t.Cleanup(func() { _ = s.Delete(agent); _ = s.Delete(platform.DataKeyItem) })
 

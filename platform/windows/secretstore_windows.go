@@ -21,12 +21,21 @@ func init() {
 		if stateDir == "" {
 			return nil, errors.New("secret store: the DPAPI-sealed data key needs a state directory")
 		}
-		inner := platform.NewKeyringSecretStore(CredentialManager{Service: platform.SecretService})
+		inner := platform.NewKeyringSecretStore(CredentialManager{Service: platform.SecretService}, credManMaxValue)
 		return platform.NewSealedSecretStore(filepath.Join(stateDir, "keys"), DPAPI{}, inner, platform.DataKeyItem), nil
 	})
 }
 
 const backendName = "Credential Manager"
+
+// credManMaxValue is the longest value handed to Credential Manager as one
+// credential; longer ones (a certificate and its key, ~3,900 characters in
+// base64) are split by platform.NewKeyringSecretStore. go-keyring refuses
+// a value over 2560 bytes (CRED_MAX_CREDENTIAL_BLOB_SIZE; it stores the
+// string's bytes as the blob). 2048 keeps a margin below that check in case
+// a go-keyring update adds a prefix (as it does on macOS); an RSA-2048
+// certificate with its key needs two parts either way.
+const credManMaxValue = 2048
 
 // CredentialManager stores strings as generic credentials named
 // "<Service>:<item>". Behaviour is compile-checked only on CI; the mapping
@@ -63,7 +72,7 @@ func classify(err error) error {
 	case errors.Is(err, keyring.ErrNotFound), errors.Is(err, windows.ERROR_NOT_FOUND):
 		return platform.ErrSecretNotFound
 	case errors.Is(err, keyring.ErrSetDataTooBig):
-		return fmt.Errorf("secret too big for Credential Manager (2560 bytes at most after base64): %w", err)
+		return fmt.Errorf("secret too big for Credential Manager (2560 bytes at most in one credential): %w", err)
 	case errors.Is(err, windows.ERROR_NO_SUCH_LOGON_SESSION):
 		// A service account or a session without a loaded profile has no
 		// credential vault.
