@@ -111,6 +111,7 @@ const (
 // the proc_info syscall is what it calls.
 func execPath(pid int) (string, error) {
 	buf := make([]byte, procPIDPathMaxSize)
+	//lint:ignore SA1019 libSystem's proc_pidpath wrapper needs cgo; x/sys routes this through libSystem's syscall(2).
 	n, _, errno := unix.Syscall6(unix.SYS_PROC_INFO, procInfoCallPIDInfo, uintptr(pid), procPIDPathInfo, 0,
 		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 	runtime.KeepAlive(buf)
