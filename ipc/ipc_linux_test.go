@@ -427,23 +427,7 @@ func TestAliveAfterPeerExits(t *testing.T) {
 			}
 			defer ln.Close()
 
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), envChild+"=hold", envSock+"="+path)
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-			if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
-				t.Fatalf("child said %q", line)
-			}
+			cmd, stdin := connectedChild(t, "hold", path)
 
 			c, err := ln.Accept()
 			if err != nil {
@@ -548,16 +532,7 @@ func TestPeerReapedBeforeAccept(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), envChild+"=hold", envSock+"="+path)
-			stdin, _ := cmd.StdinPipe()
-			stdout, _ := cmd.StdoutPipe()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
-				t.Fatalf("child said %q", line)
-			}
+			cmd, stdin := connectedChild(t, "hold", path)
 			stdin.Close()
 			if err := cmd.Wait(); err != nil { // reaped: its pid is free for reuse
 				t.Fatalf("child: %v", err)
@@ -585,17 +560,7 @@ func TestPeerRecordsTheExecutableAtAccept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envChild+"=exec", envSock+"="+path)
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
-		t.Fatalf("child said %q", line)
-	}
+	_, stdin := connectedChild(t, "exec", path)
 	c, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -628,4 +593,34 @@ func TestPeerRecordsTheExecutableAtAccept(t *testing.T) {
 	if p.ExeIno == now.Ino && p.ExeDev == now.Dev {
 		t.Fatal("the recorded exe followed the exec")
 	}
+}
+
+// connectedChild starts this test binary as a child in mode (see TestMain) dialing path, and returns once it says it
+// has connected; its stdin is the returned writer. The child is killed and reaped at the test's end unless the test
+// waits for it first.
+func connectedChild(t *testing.T, mode, path string) (*exec.Cmd, io.WriteCloser) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envChild+"="+mode, envSock+"="+path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "connected\n" {
+		t.Fatalf("child said %q", line)
+	}
+	return cmd, stdin
 }
