@@ -76,10 +76,11 @@ type keyringStore struct {
 	kr       KeyringBackend
 	maxValue int
 	// mu serializes Set and Delete within the process, so two writers of
-	// one item cannot orphan each other's parts. Another process (the CLI
+	// one item cannot orphan each other's parts, and keeps Get from reading
+	// between a write's header and its cleanup. Another process (the CLI
 	// next to the daemon) is not covered: the header switch keeps every
 	// value consistent, and Get retries when a value changes under it.
-	mu sync.Mutex
+	mu sync.RWMutex
 }
 
 var _ SecretStore = (*keyringStore)(nil)
@@ -154,6 +155,8 @@ func (s *keyringStore) Get(item string) ([]byte, error) {
 	if err := checkItem(item); err != nil {
 		return nil, err
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	for attempt := 1; ; attempt++ {
 		v, err := s.kr.KeyringGet(item)
 		if err != nil {
