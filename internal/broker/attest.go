@@ -35,16 +35,28 @@ type attestCache struct {
 	now func() time.Time
 	mu  sync.RWMutex
 	m   map[attestKey]attestEntry
+	// gen counts resets: an attestation decided before a reset (a config reload, a launch ended) must not be stored
+	// after it, or it would be served for attestTTL although what it rested on is gone.
+	gen uint64
+	// seen remembers every process attested as an agent, across resets: an agent stays an agent for AgentInAncestry.
+	seen map[attestKey]time.Time
 }
 
 func newAttestCache(now func() time.Time) *attestCache {
-	return &attestCache{now: now, m: map[attestKey]attestEntry{}}
+	return &attestCache{now: now, m: map[attestKey]attestEntry{}, seen: map[attestKey]time.Time{}}
 }
 
 func (a *attestCache) reset() {
 	a.mu.Lock()
 	a.m = map[attestKey]attestEntry{}
+	a.gen++
 	a.mu.Unlock()
+}
+
+func (a *attestCache) generation() uint64 {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.gen
 }
 
 func (a *attestCache) get(k attestKey) (attestEntry, bool) {
@@ -57,9 +69,13 @@ func (a *attestCache) get(k attestKey) (attestEntry, bool) {
 	return e, true
 }
 
-func (a *attestCache) put(k attestKey, e attestEntry) {
+// put stores e unless the cache was reset since generation gen, when the decision was taken.
+func (a *attestCache) put(k attestKey, e attestEntry, gen uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.gen != gen {
+		return
+	}
 	if len(a.m) > 4096 { // bounded: drop everything stale rather than grow without limit
 		for key, v := range a.m {
 			if a.now().Sub(v.at) > attestTTL {
@@ -68,14 +84,22 @@ func (a *attestCache) put(k attestKey, e attestEntry) {
 		}
 	}
 	a.m[k] = e
+	if len(a.seen) > 4096 { // bounded too: a day-old process is long gone or has been attested again since
+		for key, at := range a.seen {
+			if a.now().Sub(at) > 24*time.Hour {
+				delete(a.seen, key)
+			}
+		}
+	}
+	a.seen[k] = e.at
 }
 
-// processes lists every process attested here (live or stale entries alike): an agent stays an agent after its TTL.
+// processes lists every process ever attested here (within the last day), resets included: an agent stays an agent.
 func (a *attestCache) processes() []attestKey {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	out := make([]attestKey, 0, len(a.m))
-	for k := range a.m {
+	out := make([]attestKey, 0, len(a.seen))
+	for k := range a.seen {
 		out = append(out, k)
 	}
 	return out
@@ -119,6 +143,7 @@ func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Proces
 	if e, ok := b.attested.get(k); ok {
 		return e.proc, e.res, nil
 	}
+	gen := b.attested.generation()
 	proc, err := b.inspector.Inspect(peer.PID)
 	if err != nil {
 		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonNotAttested, "cannot inspect the calling process", 0, nil)
@@ -139,7 +164,7 @@ func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Proces
 		}
 		return proc, res, rpcError(codes.PermissionDenied, ReasonNotAttested, msg, 0, nil)
 	}
-	b.attested.put(k, attestEntry{proc: proc, res: res, at: b.now()})
+	b.attested.put(k, attestEntry{proc: proc, res: res, at: b.now()}, gen)
 	return proc, res, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -65,7 +66,7 @@ type Broker struct {
 	inspector platform.ProcessInspector
 	now       func() time.Time
 	log       *slog.Logger
-	limits    *limiter
+	limits    atomic.Pointer[limiter]
 	attested  *attestCache
 	degraded  atomic.Pointer[string]
 	launches  launchSet // `agentidd exec` trees (launch.go)
@@ -173,9 +174,13 @@ func New(o Options) *Broker {
 }
 
 // SetConfig swaps the configuration (live reload). Agents removed from it are purged by the daemon, not here.
+// The rate limiter is rebuilt only when its settings change: a reload that touches something else must not refill
+// every agent's bucket.
 func (b *Broker) SetConfig(c *config.Config) {
 	b.cfg.Store(c)
-	b.limits = newLimiter(c.RateLimit, c.Burst)
+	if l := b.limits.Load(); l == nil || l.r != rate.Limit(c.RateLimit) || l.burst != c.Burst {
+		b.limits.Store(newLimiter(c.RateLimit, c.Burst))
+	}
 	b.attested.reset()
 }
 
@@ -231,11 +236,27 @@ func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1
 		b.auditDenied(c, mapped)
 		return nil, mapped
 	}
-	// The peer may have exited (and its PID been reused) while we waited on consent or the IdP.
-	if err := c.peer.Alive(); err != nil {
-		return nil, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited before the token was ready", 0, nil)
+	// The peer may have exited (and its PID been reused), or stopped being the agent, while we waited on consent or the
+	// IdP.
+	if err := b.stillAttested(c); err != nil {
+		return nil, err
 	}
 	return b.respond(c, tok, src), nil
+}
+
+// stillAttested checks, before a token leaves, that the caller is alive and still attests as its agent under the
+// current config: a binding edited, an agent removed or an `agentidd exec` launch ended since the call (or the watch)
+// began must stop it. On the fast path the attestation is a cache hit.
+func (b *Broker) stillAttested(c *call) error {
+	if err := c.peer.Alive(); err != nil {
+		return rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited before the token was ready", 0, nil)
+	}
+	agent, ok := b.cfg.Load().Agent(c.agent.Name)
+	if !ok || agent.AppID != c.agent.AppID {
+		return rpcError(codes.NotFound, ReasonUnknownAgent, "agent "+c.agent.Name+" is no longer in the agentidd config", 0, nil)
+	}
+	_, _, err := b.attest(c.peer, agent)
+	return err
 }
 
 func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.GetTokenResponse {
@@ -290,7 +311,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	if err != nil {
 		return err
 	}
-	if ok, retry := b.limits.allow(agent.Name); !ok {
+	if ok, retry := b.limits.Load().allow(agent.Name); !ok {
 		return rpcError(codes.ResourceExhausted, ReasonRateLimited, "too many token requests from agent "+agent.Name, retry, nil)
 	}
 	if why := b.Degraded(); why != "" {
@@ -471,8 +492,8 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 			if ev.Token == nil {
 				continue
 			}
-			if err := c.peer.Alive(); err != nil {
-				return rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited", 0, nil)
+			if err := b.stillAttested(c); err != nil {
+				return err
 			}
 			if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *ev.Token, cache.SourceCache)}}); err != nil {
 				return err

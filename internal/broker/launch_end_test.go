@@ -1,0 +1,147 @@
+package broker
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/audit"
+	"github.com/agentidd/agentidd/internal/cache"
+	"github.com/agentidd/agentidd/internal/config"
+	"github.com/agentidd/agentidd/internal/consent"
+	"github.com/agentidd/agentidd/ipc"
+	"github.com/agentidd/agentidd/platform"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+// A launch: agentidd (owner) started a shell (root), whose child (kid) runs the agent's code. The kid's exe is bound
+// to nothing: it attests only through the launch.
+const (
+	launchOwner, launchOwnerStart = 5000, 50
+	launchRoot, launchRootStart   = 5001, 51
+	launchKid, launchKidStart     = 5002, 52
+)
+
+type launchInspector struct {
+	mu       sync.Mutex
+	rootGone bool
+}
+
+func (l *launchInspector) Inspect(pid int) (platform.Process, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case pid == launchOwner:
+		return platform.Process{PID: pid, PPID: 1, ExePath: "/usr/bin/agentidd", StartTime: launchOwnerStart}, nil
+	case pid == launchRoot && !l.rootGone:
+		return platform.Process{PID: pid, PPID: launchOwner, ExePath: "/bin/sh", StartTime: launchRootStart}, nil
+	case pid == launchKid:
+		return platform.Process{PID: pid, PPID: launchRoot, ExePath: "/usr/bin/python3", StartTime: launchKidStart}, nil
+	}
+	return platform.Process{}, platform.ErrNoSuchProcess
+}
+
+func (l *launchInspector) ExeDigest(string) (string, error) { return "ff", nil }
+
+func (l *launchInspector) Ancestors(pid, _ int) ([]int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if pid == launchKid && !l.rootGone {
+		return []int{launchRoot, launchOwner, 1}, nil
+	}
+	return []int{1}, nil // orphaned: re-parented to init
+}
+
+type watchStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	events chan *agentidv1.TokenEvent
+}
+
+func (s *watchStream) Context() context.Context            { return s.ctx }
+func (s *watchStream) Send(ev *agentidv1.TokenEvent) error { s.events <- ev; return nil }
+
+// TestWatchTokenEndsWithItsLaunch: a process attested only through an agentidd exec launch keeps no token stream once
+// the launch has ended: the next refreshed token is not sent, and the stream ends NOT_ATTESTED.
+func TestWatchTokenEndsWithItsLaunch(t *testing.T) {
+	ins := &launchInspector{}
+	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
+		RateLimit: 1e9, Burst: 1e9, Agents: []config.Agent{{Name: testAgent, AppID: testAppID}}}
+	log, err := audit.Open(filepath.Join(t.TempDir(), "audit.jsonl"), audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cm, err := consent.NewManager(consent.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b *Broker
+	c := cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
+	b = New(Options{Config: cfg, IdP: &fakeIdP{}, Cache: c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
+	l, err := b.RegisterLaunch(Launch{Agent: testAgent, RootPID: launchRoot, RootStart: launchRootStart, OwnerPID: launchOwner, OwnerStart: launchOwnerStart})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid := ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, launchKid, "", launchKidStart, nil))
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := b.GetToken(kid, req); reasonOf(err) != ReasonConsentPending {
+		t.Fatalf("first request: %v", err)
+	}
+	if _, err := cm.Decide(cm.Pending()[0].ID, true, time.Hour, consent.ViaTerminal); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(kid)
+	defer cancel()
+	stream := &watchStream{ctx: ctx, events: make(chan *agentidv1.TokenEvent, 8)}
+	done := make(chan error, 1)
+	go func() { done <- b.WatchToken(req, stream) }()
+	if ev := <-stream.events; ev.GetToken().GetAccessToken() == "" {
+		t.Fatalf("first event %v, want the current token", ev)
+	}
+
+	ins.mu.Lock()
+	ins.rootGone = true // the launched command exited: the kid is an orphan now
+	ins.mu.Unlock()
+	b.EndLaunch(l.ID, "the launched process exited")
+	var k cache.Key
+	for _, e := range c.Snapshot() {
+		k = e.Key
+	}
+	if _, _, err := c.Get(context.Background(), k, time.Minute, true); err != nil { // a refresh of the watched key
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-stream.events:
+		t.Fatalf("after the launch ended the orphan's stream got %v", ev)
+	case err := <-done:
+		if status.Code(err) != codes.PermissionDenied || reasonOf(err) != ReasonNotAttested {
+			t.Fatalf("stream ended with %v, want PERMISSION_DENIED/NOT_ATTESTED", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream neither ended nor sent")
+	}
+}
+
+// An attestation decided before a reset (a reload, a launch ended) is not stored after it.
+func TestAttestCacheDropsADecisionOlderThanAReset(t *testing.T) {
+	a := newAttestCache(time.Now)
+	k := attestKey{pid: 1, startTime: 2, agent: "a"}
+	gen := a.generation()
+	a.reset()
+	a.put(k, attestEntry{at: time.Now()}, gen)
+	if _, ok := a.get(k); ok {
+		t.Fatal("a decision taken before the reset was stored after it")
+	}
+	a.put(k, attestEntry{at: time.Now()}, a.generation())
+	if _, ok := a.get(k); !ok {
+		t.Fatal("a current decision was not stored")
+	}
+}
