@@ -5,6 +5,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -212,8 +214,16 @@ func (c *Config) resolve(p string) string {
 
 func (c *Config) validate() error {
 	var errs []error
-	if !strings.HasPrefix(c.Authority, "https://") {
-		errs = append(errs, fmt.Errorf("authority: must be an https URL like https://login.microsoftonline.com/<tenant id>"))
+	if !validAuthority(c.Authority) {
+		// One path segment, the tenant: MSAL appends the endpoints itself, so ".../<tenant>/v2.0" answers 404.
+		errs = append(errs, fmt.Errorf("authority: must be an https URL like https://login.microsoftonline.com/<tenant id>, with nothing after the tenant"))
+	}
+	if c.Socket != "" && !filepath.IsAbs(c.Socket) {
+		// The daemon and the CLI run in different directories: a relative path would name two places.
+		errs = append(errs, fmt.Errorf("socket: must be an absolute path"))
+	}
+	if c.MinTTL.Duration > maxMinTTL {
+		errs = append(errs, fmt.Errorf("min_ttl: at most %v (Entra's tokens live about an hour: a longer minimum would refuse every token)", maxMinTTL))
 	}
 	if !guidRE.MatchString(c.ClientID) {
 		errs = append(errs, fmt.Errorf("client_id: must be an application (client) id GUID"))
@@ -224,8 +234,9 @@ func (c *Config) validate() error {
 	if c.SecretStore != "os" && c.SecretStore != "file" {
 		errs = append(errs, fmt.Errorf(`secret_store: must be "os" or "file", not %q`, c.SecretStore))
 	}
-	if c.RateLimit < 0 || c.Burst < 0 {
-		errs = append(errs, errors.New("rate_limit and burst must not be negative"))
+	if c.RateLimit < 0 || math.IsNaN(c.RateLimit) || math.IsInf(c.RateLimit, 0) || c.Burst < 0 {
+		// NaN and infinity would turn the per-agent rate limit off.
+		errs = append(errs, errors.New("rate_limit and burst must be finite and not negative"))
 	}
 	if c.AuditMaxMB < 0 || c.AuditKeep < 0 {
 		errs = append(errs, errors.New("audit_max_mb and audit_keep must be positive (defaults 64 and 8)"))
@@ -277,4 +288,17 @@ func defaultStateDir() (string, error) {
 		return "", fmt.Errorf("finding the home directory: %w", err)
 	}
 	return filepath.Join(home, ".local", "state", "agentidd"), nil
+}
+
+// maxMinTTL bounds the configured default min_ttl, which every token must still have left when it is served.
+const maxMinTTL = 30 * time.Minute
+
+// validAuthority reports whether a is https://host[:port]/<tenant>, nothing more.
+func validAuthority(a string) bool {
+	u, err := url.Parse(a)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return false
+	}
+	tenant := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
+	return tenant != "" && !strings.Contains(tenant, "/")
 }

@@ -52,6 +52,11 @@ func TestParseRefusals(t *testing.T) {
 		{"short hash", base + strings.Replace(agent, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "abc", 1), "64 lower-case hex"},
 		{"duplicate agent", base + agent + agent, "defined twice"},
 		{"bad agent name", base + strings.Replace(agent, `name = "mail"`, `name = "Mail Agent"`, 1), "lower-case"},
+		{"authority with a version path", strings.Replace(base, `login.example/7f3c2a10-5b8e-4c1d-9a6f-2e4b8d0c1a93`, `login.example/common/v2.0`, 1), "nothing after the tenant"},
+		{"relative socket", base + "socket = \"run/agentidd.sock\"\n", "socket"},
+		{"min_ttl longer than tokens live", base + "min_ttl = \"5h\"\n", "min_ttl"},
+		{"rate limit not a number", base + "rate_limit = nan\n", "finite"},
+		{"rate limit infinite", base + "rate_limit = inf\n", "finite"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
