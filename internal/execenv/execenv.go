@@ -105,8 +105,10 @@ func Start(o Options) (*Endpoint, error) {
 		return nil, fmt.Errorf("execenv: listening on loopback: %w", err)
 	}
 	e := &Endpoint{o: o, ln: ln, secret: hex.EncodeToString(b[:]), uid: os.Getuid(), ready: make(chan struct{})}
-	e.srv = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10,
-		ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)}
+	// Any local user can connect to a loopback port: without read and idle deadlines, connections left open would pile
+	// up until the exec process runs out of descriptors. No write deadline: an answer may wait for the user's consent.
+	e.srv = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+		IdleTimeout: idleTimeout, MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)}
 	go func() { _ = e.srv.Serve(ln) }()
 	return e, nil
 }
@@ -298,3 +300,6 @@ func writeError(w http.ResponseWriter, code int, kind, desc string) {
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(errorResponse{Error: kind, Description: desc})
 }
+
+// idleTimeout closes a kept-alive connection no request follows on; a variable for tests.
+var idleTimeout = 30 * time.Second

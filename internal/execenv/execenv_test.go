@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -254,5 +255,31 @@ func TestClosed(t *testing.T) {
 	if resp, err := http.Get(url); err == nil {
 		resp.Body.Close()
 		t.Fatal("endpoint still answers after Close")
+	}
+}
+
+// A connection nobody sends on is closed: any local user can reach the loopback port.
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	saved := idleTimeout
+	idleTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { idleTimeout = saved })
+	e, _ := start(t, Options{}, 0)
+	c, err := net.Dial("tcp4", strings.TrimSuffix(strings.TrimPrefix(e.URL(), "http://"), "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil { // refused (no header), kept alive
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the idle connection was still open after 5 s")
+			}
+			return // closed by the endpoint
+		}
 	}
 }
