@@ -345,8 +345,8 @@ func (d *Daemon) reload() {
 	old := d.config()
 	if cfg.Authority != old.Authority || cfg.ClientID != old.ClientID || cfg.BlueprintAppID != old.BlueprintAppID ||
 		cfg.StateDir != old.StateDir || cfg.Socket != old.Socket || cfg.SecretStore != old.SecretStore || cfg.DevCAFile != old.DevCAFile ||
-		cfg.AuditMaxMB != old.AuditMaxMB || cfg.AuditKeep != old.AuditKeep {
-		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store, dev_ca_file, audit_max_mb and audit_keep need a restart; keeping the last good config")
+		cfg.AuditMaxMB != old.AuditMaxMB || cfg.AuditKeep != old.AuditKeep || cfg.UserScope != old.UserScope {
+		d.log.Error("config reload: authority, client_id, blueprint_app_id, state_dir, socket, secret_store, dev_ca_file, audit_max_mb, audit_keep and user_scope need a restart; keeping the last good config")
 		return
 	}
 	// Agents that are gone, or now name another agent identity, lose their grants and tokens before the new config is
