@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -37,7 +38,7 @@ type attestCache struct {
 	m   map[attestKey]attestEntry
 	// gen counts resets: an attestation decided before a reset (a config reload, a launch ended) must not be stored
 	// after it, or it would be served for attestTTL although what it rested on is gone.
-	gen uint64
+	gen atomic.Uint64 // changed under mu, read without it on the fast path
 	// seen remembers every process attested as an agent, across resets: an agent stays an agent for AgentInAncestry.
 	seen map[attestKey]time.Time
 }
@@ -49,15 +50,11 @@ func newAttestCache(now func() time.Time) *attestCache {
 func (a *attestCache) reset() {
 	a.mu.Lock()
 	a.m = map[attestKey]attestEntry{}
-	a.gen++
+	a.gen.Add(1)
 	a.mu.Unlock()
 }
 
-func (a *attestCache) generation() uint64 {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.gen
-}
+func (a *attestCache) generation() uint64 { return a.gen.Load() }
 
 func (a *attestCache) get(k attestKey) (attestEntry, bool) {
 	a.mu.RLock()
@@ -73,7 +70,7 @@ func (a *attestCache) get(k attestKey) (attestEntry, bool) {
 func (a *attestCache) put(k attestKey, e attestEntry, gen uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.gen != gen {
+	if a.gen.Load() != gen {
 		return
 	}
 	if len(a.m) > 4096 { // bounded: drop everything stale rather than grow without limit

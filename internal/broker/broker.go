@@ -214,6 +214,9 @@ type call struct {
 	user  *entra.Account
 	grant consent.Grant
 	key   cache.Key
+	// attestGen is the attestation cache's generation when authorize attested the caller: while it is unchanged, no
+	// reload or ended launch has happened since.
+	attestGen uint64
 }
 
 // GetToken implements AgentIdentity.GetToken.
@@ -238,18 +241,22 @@ func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1
 	}
 	// The peer may have exited (and its PID been reused), or stopped being the agent, while we waited on consent or the
 	// IdP.
-	if err := b.stillAttested(c); err != nil {
+	// A cache hit with nothing reset since authorize was attested a moment ago: only liveness can have changed.
+	if err := b.stillAttested(c, src != cache.SourceCache || b.attested.generation() != c.attestGen); err != nil {
 		return nil, err
 	}
 	return b.respond(c, tok, src), nil
 }
 
-// stillAttested checks, before a token leaves, that the caller is alive and still attests as its agent under the
-// current config: a binding edited, an agent removed or an `agentidd exec` launch ended since the call (or the watch)
-// began must stop it. On the fast path the attestation is a cache hit.
-func (b *Broker) stillAttested(c *call) error {
+// stillAttested checks, before a token leaves, that the caller is alive and (with reattest) still attests as its agent
+// under the current config: a binding edited, an agent removed, an `agentidd exec` launch ended or the program
+// exec'd since the call (or the watch) began must stop it.
+func (b *Broker) stillAttested(c *call, reattest bool) error {
 	if err := c.peer.Alive(); err != nil {
 		return rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process exited before the token was ready", 0, nil)
+	}
+	if !reattest {
+		return nil
 	}
 	agent, ok := b.cfg.Load().Agent(c.agent.Name)
 	if !ok || agent.AppID != c.agent.AppID {
@@ -306,6 +313,7 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	if ok, why := b.policy.Load().Allows(agent.AppID, req.mode, req.resource); !ok {
 		return rpcError(codes.PermissionDenied, ReasonPolicy, why, 0, nil)
 	}
+	c.attestGen = b.attested.generation()
 	proc, via, err := b.attest(peer, agent)
 	c.proc, c.via = proc, via
 	if err != nil {
@@ -492,7 +500,7 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 			if ev.Token == nil {
 				continue
 			}
-			if err := b.stillAttested(c); err != nil {
+			if err := b.stillAttested(c, true); err != nil {
 				return err
 			}
 			if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *ev.Token, cache.SourceCache)}}); err != nil {
