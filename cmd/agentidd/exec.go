@@ -75,8 +75,8 @@ func runExec(ctx context.Context, g *globals, agent string, scopes []string, wai
 	var launchID string // written before Bind; the endpoint reads it only after Bind
 	mi, err := execenv.Start(execenv.Options{
 		Agent: agent, Scopes: scopes, ConsentWait: wait, Log: log,
-		Token: func(ctx context.Context, pid int, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
-			return conn.Admin.LaunchToken(ctx, &agentidv1.LaunchTokenRequest{LaunchId: launchID, CallerPid: int32(pid), Request: req})
+		Token: func(ctx context.Context, pid int, clientID string, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+			return conn.Admin.LaunchToken(ctx, &agentidv1.LaunchTokenRequest{LaunchId: launchID, CallerPid: int32(pid), Request: req, ClientId: clientID})
 		},
 	})
 	if err != nil {

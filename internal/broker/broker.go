@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,17 +218,19 @@ type call struct {
 	// attestGen is the attestation cache's generation when authorize attested the caller: while it is unchanged, no
 	// reload or ended launch has happened since.
 	attestGen uint64
+	wantAppID string
 }
 
 // GetToken implements AgentIdentity.GetToken.
 func (b *Broker) GetToken(ctx context.Context, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
 	peer, _ := ipc.PeerFromContext(ctx)
-	return b.getToken(ctx, peer, in)
+	return b.getToken(ctx, peer, in, "")
 }
 
 // getToken serves a request for peer: the connection's own peer, or a process in an `agentidd exec` tree (LaunchToken).
-func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
-	c := &call{}
+// wantAppID, when set, is the agent app id the caller insists on (an SDK's client_id).
+func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1.GetTokenRequest, wantAppID string) (*agentidv1.GetTokenResponse, error) {
+	c := &call{wantAppID: wantAppID}
 	err := b.authorize(ctx, peer, in, c)
 	if err != nil {
 		b.auditDenied(c, err)
@@ -310,6 +313,11 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 		return rpcError(codes.NotFound, ReasonUnknownAgent, "no agent named "+req.agent+" in the agentidd config", 0, nil)
 	}
 	c.agent = agent
+	// Checked before attestation, consent and the exchange: a client_id for another identity must not mint a token,
+	// prompt the user, or leave an "issued" record.
+	if c.wantAppID != "" && !strings.EqualFold(c.wantAppID, agent.AppID) {
+		return rpcError(codes.InvalidArgument, ReasonInvalidArgument, "client_id "+c.wantAppID+" is not the identity of agent "+agent.Name, 0, nil)
+	}
 	if ok, why := b.policy.Load().Allows(agent.AppID, req.mode, req.resource); !ok {
 		return rpcError(codes.PermissionDenied, ReasonPolicy, why, 0, nil)
 	}

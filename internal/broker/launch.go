@@ -143,7 +143,7 @@ func (b *Broker) sameProcess(pid int, start uint64) bool {
 // LaunchToken runs the normal GetToken path for callerPID, a process in launch id's tree, instead of for the
 // connection's peer (which is the exec process serving the tree's managed-identity endpoint). owner is that peer: only
 // the process that registered the launch may ask for its tree.
-func (b *Broker) LaunchToken(ctx context.Context, owner *ipc.PeerInfo, id string, callerPID int, in *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+func (b *Broker) LaunchToken(ctx context.Context, owner *ipc.PeerInfo, id string, callerPID int, in *agentidv1.GetTokenRequest, clientID string) (*agentidv1.GetTokenResponse, error) {
 	l, ok := b.LaunchByID(id)
 	if !ok {
 		return nil, rpcError(codes.NotFound, ReasonNotAttested, "no such launch: the `agentidd exec` session has ended", 0, nil)
@@ -168,7 +168,7 @@ func (b *Broker) LaunchToken(ctx context.Context, owner *ipc.PeerInfo, id string
 		}
 		return nil
 	})
-	return b.getToken(ctx, caller, in)
+	return b.getToken(ctx, caller, in, clientID)
 }
 
 // launchMember checks that pid is the launch's root or descends from it, and runs as the daemon's user.

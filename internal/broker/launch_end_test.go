@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,9 +69,18 @@ type watchStream struct {
 func (s *watchStream) Context() context.Context            { return s.ctx }
 func (s *watchStream) Send(ev *agentidv1.TokenEvent) error { s.events <- ev; return nil }
 
-// TestWatchTokenEndsWithItsLaunch: a process attested only through an agentidd exec launch keeps no token stream once
-// the launch has ended: the next refreshed token is not sent, and the stream ends NOT_ATTESTED.
-func TestWatchTokenEndsWithItsLaunch(t *testing.T) {
+// launchBroker is a broker with one agent and one launch of it (owner, root, kid as above).
+type launchBroker struct {
+	b     *Broker
+	idp   *fakeIdP
+	cm    *consent.Manager
+	cache *cache.Cache
+	ins   *launchInspector
+	l     Launch
+}
+
+func newLaunchBroker(t *testing.T) *launchBroker {
+	t.Helper()
 	ins := &launchInspector{}
 	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
 		RateLimit: 1e9, Burst: 1e9, Agents: []config.Agent{{Name: testAgent, AppID: testAppID}}}
@@ -78,18 +88,27 @@ func TestWatchTokenEndsWithItsLaunch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer log.Close()
+	t.Cleanup(func() { log.Close() })
 	cm, err := consent.NewManager(consent.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var b *Broker
+	idp := &fakeIdP{}
 	c := cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
-	b = New(Options{Config: cfg, IdP: &fakeIdP{}, Cache: c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
+	b = New(Options{Config: cfg, IdP: idp, Cache: c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
 	l, err := b.RegisterLaunch(Launch{Agent: testAgent, RootPID: launchRoot, RootStart: launchRootStart, OwnerPID: launchOwner, OwnerStart: launchOwnerStart})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &launchBroker{b: b, idp: idp, cm: cm, cache: c, ins: ins, l: l}
+}
+
+// TestWatchTokenEndsWithItsLaunch: a process attested only through an agentidd exec launch keeps no token stream once
+// the launch has ended: the next refreshed token is not sent, and the stream ends NOT_ATTESTED.
+func TestWatchTokenEndsWithItsLaunch(t *testing.T) {
+	lb := newLaunchBroker(t)
+	b, cm, c, ins, l := lb.b, lb.cm, lb.cache, lb.ins, lb.l
 	kid := ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, launchKid, "", launchKidStart, nil))
 	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
 	if _, err := b.GetToken(kid, req); reasonOf(err) != ReasonConsentPending {
@@ -143,5 +162,24 @@ func TestAttestCacheDropsADecisionOlderThanAReset(t *testing.T) {
 	a.put(k, attestEntry{at: time.Now()}, a.generation())
 	if _, ok := a.get(k); !ok {
 		t.Fatal("a current decision was not stored")
+	}
+}
+
+// TestLaunchTokenRefusesAnotherClientID: an SDK in an exec tree that names another identity's client_id is refused
+// before it can prompt the user or cost an exchange; the agent's own client_id (in any case) goes on as usual.
+func TestLaunchTokenRefusesAnotherClientID(t *testing.T) {
+	lb := newLaunchBroker(t)
+	owner := ipc.NewPeerInfoForTest(0, 0, launchOwner, "", launchOwnerStart, nil)
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	_, err := lb.b.LaunchToken(context.Background(), owner, lb.l.ID, launchKid, req, "00000000-0000-0000-0000-000000000000")
+	if status.Code(err) != codes.InvalidArgument || reasonOf(err) != ReasonInvalidArgument {
+		t.Fatalf("another client_id: %v, want INVALID_ARGUMENT", err)
+	}
+	if n := len(lb.cm.Pending()); n != 0 || lb.idp.calls.Load() != 0 {
+		t.Fatalf("another client_id left %d consent requests and %d exchanges", n, lb.idp.calls.Load())
+	}
+	_, err = lb.b.LaunchToken(context.Background(), owner, lb.l.ID, launchKid, req, strings.ToUpper(testAppID))
+	if reasonOf(err) != ReasonConsentPending {
+		t.Fatalf("the agent's own client_id: %v, want CONSENT_PENDING", err)
 	}
 }

@@ -68,5 +68,5 @@ func (a *admin) LaunchToken(ctx context.Context, in *agentidv1.LaunchTokenReques
 	if in.GetRequest() == nil {
 		return nil, status.Error(codes.InvalidArgument, "request is required")
 	}
-	return a.d.broker.LaunchToken(ctx, owner, in.GetLaunchId(), int(in.GetCallerPid()), in.GetRequest())
+	return a.d.broker.LaunchToken(ctx, owner, in.GetLaunchId(), int(in.GetCallerPid()), in.GetRequest(), in.GetClientId())
 }

@@ -129,6 +129,31 @@ func TestExecAzureSDKForGo(t *testing.T) {
 	}
 }
 
+// TestExecClientIDOfAnotherIdentity: an SDK under agentidd exec that asks for another identity's client_id gets an
+// error, and nothing happens on its behalf: no consent prompt, no exchange, no "issued" record. Asking by the agent's
+// own client ID works like asking for no ID.
+func TestExecClientIDOfAnotherIdentity(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.login()
+	before := e.counters().ByGrantType[lifecycleOBOGrant]
+
+	r := execRunProbe(t, e, false, "mi-id", "00000000-0000-0000-0000-000000000001", execScope)
+	if r.Error == "" || !strings.Contains(r.Error, "is not the identity of agent") {
+		t.Fatalf("another client_id: %+v, want the daemon's refusal", r)
+	}
+	if out := e.cli("consent", "list"); !strings.Contains(out, "no pending consent requests") {
+		t.Fatalf("another client_id raised a consent request:\n%s", out)
+	}
+	if n := e.counters().ByGrantType[lifecycleOBOGrant] - before; n != 0 {
+		t.Fatalf("another client_id cost %d OBO exchanges", n)
+	}
+	if out := e.cli("audit", "tail", "-n", "20"); strings.Contains(out, "token.issued") || !strings.Contains(out, "token.denied") {
+		t.Fatalf("audit after another client_id, want one denial and no issue:\n%s", out)
+	}
+
+	execCheckClaims(t, e, execRunProbe(t, e, true, "mi-id", emutest.AgentAppID, execScope))
+}
+
 // execShell starts `agentidd exec -- sh -c script args...` with its stdin and stdout on pipes of ours: os.Pipe, not
 // StdoutPipe, so that reaping a killed exec does not close the command's output.
 func execShell(t *testing.T, e *env, script string, args ...string) (*exec.Cmd, *bufio.Reader, *os.File) {

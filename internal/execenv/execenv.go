@@ -52,8 +52,9 @@ const (
 // maxAncestry bounds the local tree check, as the daemon's does.
 const maxAncestry = 64
 
-// TokenFunc asks the daemon for a token for callerPID, a process of the launch (Admin.LaunchToken).
-type TokenFunc func(ctx context.Context, callerPID int, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error)
+// TokenFunc asks the daemon for a token for callerPID, a process of the launch (Admin.LaunchToken). clientID, when not
+// empty, is the identity the SDK asked for; the daemon refuses it before minting if it is not the agent's.
+type TokenFunc func(ctx context.Context, callerPID int, clientID string, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error)
 
 // Options configures an Endpoint.
 type Options struct {
@@ -201,21 +202,16 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e.o.ConsentWait > 0 {
 		req.ConsentWait = durationpb.New(e.o.ConsentWait)
 	}
-	resp, err := e.o.Token(r.Context(), pid, req)
+	resp, err := e.o.Token(r.Context(), pid, q.Get("client_id"), req)
 	if err != nil {
 		st := status.Convert(err)
 		writeError(w, httpStatus(st.Code()), strings.ToLower(st.Code().String()), st.Message())
 		return
 	}
-	clientID := resp.GetPrincipal().GetAgentAppId()
-	if c := q.Get("client_id"); c != "" && !strings.EqualFold(c, clientID) {
-		writeError(w, http.StatusBadRequest, "invalid_request", "client_id "+c+" is not this agent's identity")
-		return
-	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(tokenResponse{AccessToken: resp.GetAccessToken(),
 		ExpiresOn: strconv.FormatInt(resp.GetExpiresAt().AsTime().Unix(), 10), Resource: resource,
-		TokenType: "Bearer", ClientID: clientID})
+		TokenType: "Bearer", ClientID: resp.GetPrincipal().GetAgentAppId()})
 }
 
 // scopesFor maps an App Service resource to delegated scopes: <resource>/.default (all the agent is consented for),

@@ -34,19 +34,25 @@ const (
 var expiry = time.Unix(1_900_000_000, 0)
 
 type recorder struct {
-	mu    sync.Mutex
-	calls []*agentidv1.GetTokenRequest
-	pids  []int
-	err   error
+	mu        sync.Mutex
+	calls     []*agentidv1.GetTokenRequest
+	pids      []int
+	clientIDs []string
+	err       error
 }
 
-func (r *recorder) token(_ context.Context, pid int, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
+// token answers as the daemon does: a client_id other than the agent's is refused (before anything is minted).
+func (r *recorder) token(_ context.Context, pid int, clientID string, req *agentidv1.GetTokenRequest) (*agentidv1.GetTokenResponse, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, req)
 	r.pids = append(r.pids, pid)
+	r.clientIDs = append(r.clientIDs, clientID)
 	if r.err != nil {
 		return nil, r.err
+	}
+	if clientID != "" && !strings.EqualFold(clientID, testAppID) {
+		return nil, status.Error(codes.InvalidArgument, "client_id "+clientID+" is not the identity of agent test-agent")
 	}
 	return &agentidv1.GetTokenResponse{AccessToken: "tok-" + strings.Join(req.GetScopes(), ","), ExpiresAt: timestamppb.New(expiry),
 		Principal: &agentidv1.Principal{AgentAppId: testAppID}}, nil
@@ -197,6 +203,10 @@ func TestServe(t *testing.T) {
 			if called := len(rec.calls) > 0; called != tt.wantCall {
 				t.Fatalf("daemon called = %v, want %v", called, tt.wantCall)
 			}
+			q, _ := url.ParseQuery(tt.query)
+			if tt.wantCall && rec.clientIDs[0] != q.Get("client_id") {
+				t.Fatalf("daemon was asked for client_id %q, want %q", rec.clientIDs[0], q.Get("client_id"))
+			}
 			if code != 200 {
 				if body["access_token"] != "" || body["error"] == "" {
 					t.Fatalf("error body %v must name an error and carry no token", body)
@@ -207,7 +217,6 @@ func TestServe(t *testing.T) {
 				t.Fatalf("daemon asked for pid %d agent %q scopes %v; want pid %d, scopes %v", rec.pids[0], rec.calls[0].GetAgent(),
 					rec.calls[0].GetScopes(), os.Getpid(), tt.wantScope)
 			}
-			q, _ := url.ParseQuery(tt.query)
 			want := map[string]string{"access_token": "tok-" + strings.Join(tt.wantScope, ","), "expires_on": "1900000000",
 				"resource": q.Get("resource"), "token_type": "Bearer", "client_id": testAppID}
 			for k, v := range want {

@@ -849,10 +849,13 @@ func (*EndLaunchResponse) Descriptor() ([]byte, []int) {
 }
 
 type LaunchTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LaunchId      string                 `protobuf:"bytes,1,opt,name=launch_id,json=launchId,proto3" json:"launch_id,omitempty"`
-	CallerPid     int32                  `protobuf:"varint,2,opt,name=caller_pid,json=callerPid,proto3" json:"caller_pid,omitempty"`
-	Request       *GetTokenRequest       `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	LaunchId  string                 `protobuf:"bytes,1,opt,name=launch_id,json=launchId,proto3" json:"launch_id,omitempty"`
+	CallerPid int32                  `protobuf:"varint,2,opt,name=caller_pid,json=callerPid,proto3" json:"caller_pid,omitempty"`
+	Request   *GetTokenRequest       `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	// client_id is the App Service client_id the SDK asked for: when set, the launch's agent must have that app id, or
+	// the request is refused before any consent prompt or token exchange.
+	ClientId      string `protobuf:"bytes,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -906,6 +909,13 @@ func (x *LaunchTokenRequest) GetRequest() *GetTokenRequest {
 		return x.Request
 	}
 	return nil
+}
+
+func (x *LaunchTokenRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
 }
 
 type StatusRequest struct {
@@ -2398,12 +2408,13 @@ const file_agentid_v1_agentid_proto_rawDesc = "" +
 	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\"/\n" +
 	"\x10EndLaunchRequest\x12\x1b\n" +
 	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\"\x13\n" +
-	"\x11EndLaunchResponse\"\x87\x01\n" +
+	"\x11EndLaunchResponse\"\xa4\x01\n" +
 	"\x12LaunchTokenRequest\x12\x1b\n" +
 	"\tlaunch_id\x18\x01 \x01(\tR\blaunchId\x12\x1d\n" +
 	"\n" +
 	"caller_pid\x18\x02 \x01(\x05R\tcallerPid\x125\n" +
-	"\arequest\x18\x03 \x01(\v2\x1b.agentid.v1.GetTokenRequestR\arequest\"\x0f\n" +
+	"\arequest\x18\x03 \x01(\v2\x1b.agentid.v1.GetTokenRequestR\arequest\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\tR\bclientId\"\x0f\n" +
 	"\rStatusRequest\"\xbf\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +

@@ -3,6 +3,7 @@
 // that started it verifies its claims; nothing else ever prints one.
 //
 //	msi-probe mi SCOPE       azidentity.ManagedIdentityCredential
+//	msi-probe mi-id CLIENT_ID SCOPE  the same, asking for a user-assigned identity by client ID
 //	msi-probe default SCOPE  azidentity.DefaultAzureCredential
 //	msi-probe socket AGENT SCOPE  client.Token over AGENTIDD_SOCKET
 package main
@@ -22,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: msi-probe mi|default SCOPE | socket AGENT SCOPE")
+		fmt.Fprintln(os.Stderr, "usage: msi-probe mi|default SCOPE | mi-id CLIENT_ID SCOPE | socket AGENT SCOPE")
 		os.Exit(2)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -33,7 +34,13 @@ func main() {
 	var err error
 	switch mode {
 	case "mi", "default":
-		tok, err = azureToken(ctx, mode, os.Args[2])
+		tok, err = azureToken(ctx, mode, "", os.Args[2])
+	case "mi-id":
+		if len(os.Args) < 4 {
+			err = fmt.Errorf("mi-id needs CLIENT_ID SCOPE")
+			break
+		}
+		tok, err = azureToken(ctx, "mi", os.Args[2], os.Args[3])
 	case "socket":
 		if len(os.Args) < 4 {
 			err = fmt.Errorf("socket needs AGENT SCOPE")
@@ -58,10 +65,14 @@ func main() {
 	}
 }
 
-func azureToken(ctx context.Context, mode, scope string) (string, error) {
+func azureToken(ctx context.Context, mode, clientID, scope string) (string, error) {
 	opts := policy.TokenRequestOptions{Scopes: []string{scope}}
 	if mode == "mi" {
-		c, err := azidentity.NewManagedIdentityCredential(nil)
+		var o *azidentity.ManagedIdentityCredentialOptions
+		if clientID != "" {
+			o = &azidentity.ManagedIdentityCredentialOptions{ID: azidentity.ClientID(clientID)}
+		}
+		c, err := azidentity.NewManagedIdentityCredential(o)
 		if err != nil {
 			return "", err
 		}
