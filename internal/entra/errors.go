@@ -195,10 +195,11 @@ func classifyOAuth(e *Error) (Class, Subject) {
 	switch e.AADSTS {
 	case 50076, 50079, 50158, 53003, 50074:
 		return ClassInteraction, SubjectUser
-	case 50173, 70008, 700082, 50126, 50057, 50133, 700084, 500133:
+	case 50173, 70008, 700082, 50126, 50057, 50133, 700084, 500133, 50013:
+		// 50013 (and 500133, expired) refuse the `assertion` of an OBO exchange: the user's token, the same for every
+		// agent acting for the user. A refused client assertion (the blueprint's exchange token) is 700027.
 		return ClassPermanent, SubjectUser
-	case 7000112, 700016, 7000215, 7000222, 700027, 50013:
-		// 50013 is an invalid assertion; the daemon's assertions are its own exchange tokens, so treat as agent-side.
+	case 7000112, 700016, 7000215, 7000222, 700027:
 		return ClassPermanent, SubjectAgent
 	case 65001, 65004:
 		return ClassPermanent, SubjectConsent
