@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -448,7 +449,8 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	}
 	now := b.now().Round(0)
 	scopes := res.Scopes
-	if len(scopes) == 0 {
+	if len(scopes) == 0 || sameScopeSet(scopes, k.Scopes) {
+		// The key's slice, not MSAL's copy: with thousands of cached tokens one slice per token adds up (~200 B each).
 		scopes = k.Scopes
 	}
 	// MSAL states expiry (receive time + expires_in) and refresh_in on the real clock; the cache plans on the broker's,
@@ -462,6 +464,24 @@ func (b *Broker) Fetch(ctx context.Context, k cache.Key) (cache.Token, error) {
 	}
 	return cache.Token{AccessToken: res.AccessToken, ExpiresAt: onOurClock(res.ExpiresAt), RefreshAt: onOurClock(res.RefreshAt),
 		IssuedAt: now, Scopes: scopes, GrantID: info.grantID}, nil
+}
+
+// sameScopeSet reports whether a and b hold the same scopes, in any order (the key's are sorted, the IdP's need not be).
+func sameScopeSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			return false
+		}
+	}
+	for _, s := range b {
+		if !slices.Contains(a, s) {
+			return false
+		}
+	}
+	return true
 }
 
 func (b *Broker) grantLive(id string) bool {

@@ -430,3 +430,21 @@ func TestExecutedSinceAccept(t *testing.T) {
 		t.Error("a peer whose exe was not recorded counts as having executed")
 	}
 }
+
+func TestSameScopeSet(t *testing.T) {
+	cases := []struct {
+		a, b []string
+		want bool
+	}{
+		{[]string{"r/A", "r/B"}, []string{"r/B", "r/A"}, true},
+		{[]string{"r/A"}, []string{"r/A"}, true},
+		{[]string{"r/A", "r/A"}, []string{"r/A", "r/B"}, false}, // same length, one a duplicate
+		{[]string{"r/A"}, []string{"r/A", "r/B"}, false},
+		{[]string{"r/A"}, []string{"r/a"}, false},
+	}
+	for _, c := range cases {
+		if got := sameScopeSet(c.a, c.b); got != c.want {
+			t.Errorf("sameScopeSet(%q, %q) = %v, want %v", c.a, c.b, got, c.want)
+		}
+	}
+}
