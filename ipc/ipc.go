@@ -90,8 +90,8 @@ type PeerInfo struct {
 	UID, GID, PID int
 	SID           string
 	StartTime     uint64
-	// ExeDev and ExeIno name the file the process ran when it was accepted (Linux: a stat of /proc/<pid>/exe; zero
-	// where unknown). A process that connects, hands the socket to a child and then execs a bound agent keeps its pid
+	// ExeDev and ExeIno name the file the process ran when it was accepted (Linux: a stat of /proc/<pid>/exe; macOS: of
+	// the file proc_pidpath names; zero where unknown). A process that connects, hands the socket to a child and then execs a bound agent keeps its pid
 	// and start time; this is what gives it away.
 	ExeDev, ExeIno uint64
 

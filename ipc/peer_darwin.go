@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentidd/agentidd/platform/darwin/pidpath"
 )
 
 // This file is compile-checked only (CI has no macOS runner); the logic it
@@ -34,8 +36,9 @@ func defaultPath() (string, error) {
 // connect, and LOCAL_PEERPID, which is the last process to have used the
 // peer socket (xnu's last_pid): read at accept, that is the connecting
 // process unless it handed the socket on first. The pid and its start time
-// then name the peer; a process that execs another program keeps both, the
-// limit SECURITY.md states.
+// then name the peer; a process that execs another program keeps both, so
+// the executable's file identity is recorded too (ExeDev, ExeIno) for the
+// broker to compare at each attestation.
 func peerOf(c net.Conn) (*PeerInfo, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
@@ -74,13 +77,20 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 	if uid != int(xu.Uid) {
 		return nil, fmt.Errorf("ipc: peer pid %d: %w: owner changed since connect", pid, ErrPeerGone)
 	}
-	return &PeerInfo{
+	p := &PeerInfo{
 		UID: int(xu.Uid), GID: gid, PID: pid, StartTime: start,
 		live: &startTimeLive{pid: pid, start: start, read: func(pid int) (uint64, error) {
 			s, _, err := darwinProc(pid)
 			return s, err
 		}},
-	}, nil
+	}
+	// Read after the start time and checked against it again: a pid reused in between cannot lend its executable.
+	if exe, err := pidpath.Path(pid); err == nil {
+		if dev, ino, err := pidpath.FileID(exe); err == nil && p.live.alive() == nil {
+			p.ExeDev, p.ExeIno = dev, ino
+		}
+	}
+	return p, nil
 }
 
 // darwinProc returns the start time (µs since the epoch, the unit

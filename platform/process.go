@@ -35,7 +35,8 @@ type Process struct {
 	// differs from ExePath when the process sees another file at that path than the daemon does: a process in its own
 	// mount namespace can bind-mount any program over a bound agent's path and exec it.
 	Image string
-	// ImageID is the running image's file identity where the OS can tell (Linux); zero elsewhere.
+	// ImageID is the running image's file identity where the OS can tell (Linux: /proc/<pid>/exe; macOS: the file at the
+	// kernel's path for the image); zero elsewhere.
 	ImageID   FileID
 	StartTime uint64
 }

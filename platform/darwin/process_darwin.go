@@ -6,15 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
-	"strings"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/agentidd/agentidd/platform"
+	"github.com/agentidd/agentidd/platform/darwin/pidpath"
 )
 
 // This file is compile-checked only (no macOS runner); the hashing and
@@ -88,55 +85,29 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	if startTime(kp2) != startTime(kp) {
 		return platform.Process{}, fmt.Errorf("inspect pid %d: process changed while being read: %w", pid, platform.ErrNoSuchProcess)
 	}
+	imageID, _ := pathFileID(exe) // zero when unreadable: the broker then skips the exec-since-accept check
 	return platform.Process{
 		PID:       pid,
 		PPID:      int(kp.Eproc.Ppid),
 		UID:       int(kp.Eproc.Ucred.Uid),
 		ExePath:   exe,
+		ImageID:   imageID,
 		StartTime: startTime(kp),
 	}, nil
 }
 
-// proc_info(2) selectors for proc_pidpath: PROC_INFO_CALL_PIDINFO with the PROC_PIDPATHINFO flavor, and the buffer
-// size libproc documents for it (PROC_PIDPATHINFO_MAXSIZE).
-const (
-	procInfoCallPIDInfo = 2
-	procPIDPathInfo     = 11
-	procPIDPathMaxSize  = 4 * 1024
-)
-
-// execPath is proc_pidpath(pid): the path of the vnode the process runs, from the kernel. kern.procargs2 is not an
-// option: its exec path is a copy on the process's own stack, which the process can overwrite with any path it likes
-// (say, a bound agent's or agentidd's own) before it connects. libproc's wrapper needs cgo, which the daemon avoids;
-// the proc_info syscall is what it calls.
-func execPath(pid int) (string, error) {
-	buf := make([]byte, procPIDPathMaxSize)
-	//lint:ignore SA1019 libSystem's proc_pidpath wrapper needs cgo; x/sys routes this through libSystem's syscall(2).
-	n, _, errno := unix.Syscall6(unix.SYS_PROC_INFO, procInfoCallPIDInfo, uintptr(pid), procPIDPathInfo, 0,
-		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-	runtime.KeepAlive(buf)
-	if errno != 0 {
-		if errno == unix.ESRCH {
-			return "", fmt.Errorf("proc_pidpath: %w", platform.ErrNoSuchProcess)
-		}
-		return "", fmt.Errorf("proc_pidpath: %w", errno)
-	}
-	return parsePIDPath(buf, int(n))
+func pathFileID(path string) (platform.FileID, error) {
+	dev, ino, err := pidpath.FileID(path)
+	return platform.FileID{Dev: dev, Ino: ino}, err
 }
 
-// parsePIDPath takes proc_pidpath's answer: n bytes of buf, the path NUL-terminated or not.
-func parsePIDPath(buf []byte, n int) (string, error) {
-	if n <= 0 || n > len(buf) {
-		return "", fmt.Errorf("proc_pidpath: answer of %d bytes", n)
+// execPath is proc_pidpath(pid) (see package pidpath), with a vanished process reported as platform.ErrNoSuchProcess.
+func execPath(pid int) (string, error) {
+	exe, err := pidpath.Path(pid)
+	if errors.Is(err, unix.ESRCH) {
+		return "", fmt.Errorf("%w: %w", err, platform.ErrNoSuchProcess)
 	}
-	path := string(buf[:n])
-	if i := strings.IndexByte(path, 0); i >= 0 {
-		path = path[:i]
-	}
-	if !filepath.IsAbs(path) {
-		return "", fmt.Errorf("proc_pidpath: %q is not an absolute path", path)
-	}
-	return filepath.Clean(path), nil
+	return exe, err
 }
 
 // ExeDigest implements platform.ProcessInspector.
