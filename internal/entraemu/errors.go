@@ -32,6 +32,10 @@ func errMissingParam(name string) *oauthError {
 	return newErr(400, "invalid_request", 900144, "The request body must contain the following parameter: '%s'.", name)
 }
 
+func errDuplicateParam(name string) *oauthError {
+	return newErr(400, "invalid_request", 9000411, "The request is not properly formatted. The parameter '%s' is duplicated.", truncate(name, 64))
+}
+
 func errUnknownApp(id string) *oauthError {
 	return newErr(400, "unauthorized_client", 700016, "Application with identifier '%s' was not found in the directory. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.", id)
 }

@@ -500,3 +500,28 @@ func TestRefreshPruning(t *testing.T) {
 		}
 	}
 }
+
+// TestDuplicateParameters: Entra refuses a repeated form parameter outright (AADSTS9000411, seen for a repeated
+// `scope` at the token endpoint in MicrosoftDocs/azure-dev-docs#934) instead of picking one of the values.
+func TestDuplicateParameters(t *testing.T) {
+	h := newHarness(t, Config{})
+	formCT := "application/x-www-form-urlencoded"
+	cases := []struct{ name, path, body string }{
+		{"token, scope twice", "/" + tTenant + "/oauth2/v2.0/token", "grant_type=client_credentials&client_id=" + tBlueprint + "&client_secret=" + tSecret +
+			"&scope=api%3A%2F%2Ffiles.contoso.example%2F.default&scope=api%3A%2F%2Ffiles.contoso.example%2F.default"},
+		{"token, client_id twice", "/" + tTenant + "/oauth2/v2.0/token", "grant_type=client_credentials&client_id=" + tBlueprint + "&client_id=" + tPublic +
+			"&client_secret=" + tSecret + "&scope=api%3A%2F%2Ffiles.contoso.example%2F.default"},
+		{"devicecode, scope twice", "/" + tTenant + "/oauth2/v2.0/devicecode", "client_id=" + tPublic + "&scope=" + url.QueryEscape(tUserScope) + "&scope=" + url.QueryEscape(tUserScope)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := h.do(http.MethodPost, tc.path, formCT, strings.NewReader(tc.body), nil)
+			if r.status != 400 || r.str("error") != "invalid_request" || r.code() != 9000411 {
+				t.Fatalf("got %d %s, want 400 invalid_request AADSTS9000411", r.status, r.body)
+			}
+			if !strings.Contains(r.str("error_description"), "is duplicated") {
+				t.Errorf("error_description: %q", r.str("error_description"))
+			}
+		})
+	}
+}

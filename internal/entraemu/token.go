@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -63,6 +64,14 @@ func parseForm(r *http.Request) (url.Values, *oauthError) {
 	r.Body = http.MaxBytesReader(nil, r.Body, maxForm)
 	if err := r.ParseForm(); err != nil {
 		return nil, errInvalidRequest("The request body could not be parsed.")
+	}
+	// Entra refuses a repeated parameter rather than choosing one of its values; choosing would let a request mean
+	// something else here than there.
+	names := slices.Sorted(maps.Keys(r.PostForm))
+	for _, k := range names {
+		if len(r.PostForm[k]) > 1 {
+			return nil, errDuplicateParam(k)
+		}
 	}
 	return r.PostForm, nil
 }
