@@ -386,7 +386,7 @@ func TestMalformedRequests(t *testing.T) {
 		{"public client, client_credentials", tokenPath, formCT, "grant_type=client_credentials&client_id=" + tPublic + "&scope=x/.default", 400, "unauthorized_client", 70000},
 		{"OBO without requested_token_use", tokenPath, formCT, "grant_type=" + url.QueryEscape(grantJWTBearer) + "&client_id=" + tAgent + "&assertion=x", 400, "invalid_request", 9002313},
 		{"devicecode for a confidential client", "/" + tTenant + "/oauth2/v2.0/devicecode", formCT, "client_id=" + tBlueprint + "&scope=" + url.QueryEscape(tUserScope), 400, "unauthorized_client", 70000},
-		{"device_code unknown", tokenPath, formCT, "grant_type=device_code&client_id=" + tPublic + "&device_code=nope", 400, "invalid_grant", 70000},
+		{"device_code unknown", tokenPath, formCT, "grant_type=device_code&client_id=" + tPublic + "&device_code=nope", 400, "bad_verification_code", 70000},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -436,7 +436,7 @@ func TestDeviceCodeStates(t *testing.T) {
 	if r := page(url.Values{"user_code": {strings.ToLower(dc.str("user_code"))}, "action": {"deny"}}); r.status != 200 {
 		t.Fatalf("deny: %d", r.status)
 	}
-	if r := poll(dc); r.str("error") != "access_denied" {
+	if r := poll(dc); r.status != 400 || r.str("error") != "authorization_declined" {
 		t.Fatalf("after deny: %s", r.body)
 	}
 	dc = start()
@@ -523,5 +523,24 @@ func TestDuplicateParameters(t *testing.T) {
 				t.Errorf("error_description: %q", r.str("error_description"))
 			}
 		})
+	}
+}
+
+// TestDeviceCodeErrorNames: the device-code poll answers with the error names Entra documents for it
+// (v2-oauth2-device-code "Expected errors"), not the RFC 8628 access_denied or a generic invalid_grant.
+func TestDeviceCodeErrorNames(t *testing.T) {
+	h := newHarness(t, Config{})
+	dc := h.form("/"+tTenant+"/oauth2/v2.0/devicecode", url.Values{"client_id": {tPublic}, "scope": {tUserScope}})
+	if r := h.form("/"+tTenant+"/oauth2/v2.0/deviceauth", url.Values{"user_code": {dc.str("user_code")}, "action": {"deny"}}); r.status != 200 {
+		t.Fatalf("deny: %d", r.status)
+	}
+	poll := func(code string) reply {
+		return h.token(url.Values{"grant_type": {"device_code"}, "client_id": {tPublic}, "device_code": {code}})
+	}
+	if r := poll(dc.str("device_code")); r.status != 400 || r.str("error") != "authorization_declined" {
+		t.Errorf("declined: %d %s", r.status, r.body)
+	}
+	if r := poll("DAQABAAEAAAEMUnot-a-code"); r.status != 400 || r.str("error") != "bad_verification_code" {
+		t.Errorf("unknown code: %d %s", r.status, r.body)
 	}
 }

@@ -521,7 +521,8 @@ func (e *Emulator) grantDeviceCode(req *request) (map[string]any, *oauthError) {
 	}
 	dc := e.devices[code]
 	if dc == nil || !strings.EqualFold(dc.clientID, req.client.AppID) {
-		return nil, newErr(400, "invalid_grant", 70000, "The provided value for the input parameter 'device_code' is not valid.")
+		// Entra's device-code doc names its own poll errors; a client keys on them to decide whether to keep polling.
+		return nil, newErr(400, "bad_verification_code", 70000, "The provided value for the input parameter 'device_code' is not valid.")
 	}
 	if req.now.After(dc.expires) {
 		e.dropDevice(code)
@@ -529,7 +530,7 @@ func (e *Emulator) grantDeviceCode(req *request) (map[string]any, *oauthError) {
 	}
 	if dc.denied {
 		e.dropDevice(code)
-		return nil, newErr(400, "access_denied", 65004, "User declined to consent to access the app.")
+		return nil, newErr(400, "authorization_declined", 65004, "User declined to consent to access the app.")
 	}
 	if dc.userOID == "" {
 		// Two polls within a second are a client ignoring the 5 s interval. MSAL does (its back-off starts at 50 ms)
