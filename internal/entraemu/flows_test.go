@@ -544,3 +544,52 @@ func TestDeviceCodeErrorNames(t *testing.T) {
 		t.Errorf("unknown code: %d %s", r.status, r.body)
 	}
 }
+
+// TestOIDCScopesSelectTokens: Entra issues an id_token only when `openid` was requested and a refresh token only
+// when `offline_access` was (v2-oauth2-device-code and v2-oauth2-on-behalf-of-flow response tables). MSAL always
+// asks for both, so only a raw client can tell; an emulator handing them out regardless would hide a missing scope.
+func TestOIDCScopesSelectTokens(t *testing.T) {
+	h := newHarness(t, Config{})
+	deviceFlow := func(scope string) reply {
+		t.Helper()
+		dc := h.form("/"+tTenant+"/oauth2/v2.0/devicecode", url.Values{"client_id": {tPublic}, "scope": {scope}})
+		if r := h.form("/"+tTenant+"/oauth2/v2.0/deviceauth", url.Values{"user_code": {dc.str("user_code")}, "username": {tUPN}, "password": {tPassword}}); r.status != 200 {
+			t.Fatalf("deviceauth: %d", r.status)
+		}
+		r := h.token(url.Values{"grant_type": {"device_code"}, "client_id": {tPublic}, "device_code": {dc.str("device_code")}, "client_info": {"1"}})
+		if r.status != 200 {
+			t.Fatalf("device code token: %d %s", r.status, r.body)
+		}
+		return r
+	}
+	const userScope = "api://a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d/access_as_user"
+	bare := deviceFlow(userScope)
+	if _, ok := bare.json["id_token"]; ok {
+		t.Error("id_token issued without openid")
+	}
+	if _, ok := bare.json["refresh_token"]; ok {
+		t.Error("refresh_token issued without offline_access")
+	}
+	onlyOpenID := deviceFlow(userScope + " openid profile")
+	if onlyOpenID.str("id_token") == "" {
+		t.Error("no id_token although openid was requested")
+	}
+	if _, ok := onlyOpenID.json["refresh_token"]; ok {
+		t.Error("refresh_token issued without offline_access")
+	}
+	full := deviceFlow(tUserScope)
+	if full.str("id_token") == "" || full.str("refresh_token") == "" {
+		t.Errorf("MSAL's scopes: %s", full.body)
+	}
+
+	obo := h.obo(full.str("access_token"), "api://files.contoso.example/Files.Read")
+	if obo.status != 200 {
+		t.Fatalf("obo: %d %s", obo.status, obo.body)
+	}
+	if _, ok := obo.json["refresh_token"]; ok {
+		t.Error("OBO refresh_token issued without offline_access")
+	}
+	if obo = h.obo(full.str("access_token"), tFilesRead); obo.str("refresh_token") == "" {
+		t.Errorf("OBO with offline_access: %s", obo.body)
+	}
+}

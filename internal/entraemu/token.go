@@ -319,15 +319,19 @@ type scopeSet struct {
 	names     []string // scope names as the resource declares them; empty with def
 	def       bool     // <resource>/.default
 	requested []string // as sent, minus OIDC scopes
-	openid    bool
+	openid    bool     // an id_token is wanted
+	offline   bool     // a refresh token is wanted
 }
 
 func (e *Emulator) parseScope(raw string) (*scopeSet, *oauthError) {
 	ss := &scopeSet{}
 	for _, s := range strings.Fields(raw) {
 		if slices.Contains(oidcScopes, strings.ToLower(s)) {
-			if strings.EqualFold(s, "openid") {
+			switch strings.ToLower(s) {
+			case "openid":
 				ss.openid = true
+			case "offline_access":
+				ss.offline = true
 			}
 			continue
 		}
@@ -449,9 +453,13 @@ type userSession struct {
 	scp      []string
 	agent    *App // set for OBO: the token's actor
 	nonce    string
+	// redeemed is set when a refresh token is redeemed: the sign-in already chose its tokens, and Entra's docs make
+	// only the first grant's id_token and refresh token depend on openid and offline_access.
+	redeemed bool
 }
 
-// issueUser makes an access token, id_token, client_info and a new refresh token of the session's family.
+// issueUser makes an access token and client_info, plus an id_token when openid was asked for and a new refresh token
+// of the session's family when offline_access was.
 func (e *Emulator) issueUser(req *request, ss *scopeSet, s *userSession) (map[string]any, *oauthError) {
 	c := e.baseClaims(ss.res.AppID, req.now)
 	c["azp"], c["azpacr"] = s.client.AppID, req.auth.acr
@@ -471,21 +479,25 @@ func (e *Emulator) issueUser(req *request, ss *scopeSet, s *userSession) (map[st
 	if oe != nil {
 		return nil, oe
 	}
-	idc := e.baseClaims(s.client.AppID, req.now)
-	delete(idc, "uti")
-	idc["oid"], idc["sub"], idc["name"], idc["preferred_username"] = s.user.OID, s.user.OID, s.user.DisplayName, s.user.UPN
-	if s.nonce != "" {
-		idc["nonce"] = s.nonce
-	}
-	idt, oe := e.sign(idc)
-	if oe != nil {
-		return nil, oe
-	}
 	ci, _ := json.Marshal(map[string]string{"uid": s.user.OID, "utid": e.dir.Tenant.ID})
 	res := e.tokenResponse(at, ss.requested)
-	res["id_token"] = idt
 	res["client_info"] = base64.RawURLEncoding.EncodeToString(ci)
-	res["refresh_token"] = e.issueRefresh(s, req.now)
+	if ss.openid || s.redeemed {
+		idc := e.baseClaims(s.client.AppID, req.now)
+		delete(idc, "uti")
+		idc["oid"], idc["sub"], idc["name"], idc["preferred_username"] = s.user.OID, s.user.OID, s.user.DisplayName, s.user.UPN
+		if s.nonce != "" {
+			idc["nonce"] = s.nonce
+		}
+		idt, oe := e.sign(idc)
+		if oe != nil {
+			return nil, oe
+		}
+		res["id_token"] = idt
+	}
+	if ss.offline || s.redeemed {
+		res["refresh_token"] = e.issueRefresh(s, req.now)
+	}
 	return res, nil
 }
 
@@ -615,7 +627,7 @@ func (e *Emulator) grantRefresh(req *request) (map[string]any, *oauthError) {
 		return nil, oe
 	}
 	rec.Used = true
-	s := &userSession{user: u, client: req.client, family: rec.Family, authTime: rec.AuthTime, scp: scp}
+	s := &userSession{user: u, client: req.client, family: rec.Family, authTime: rec.AuthTime, scp: scp, redeemed: true}
 	if req.client.Kind == KindAgentIdentity {
 		s.agent = req.client
 	}
