@@ -593,3 +593,16 @@ func TestOIDCScopesSelectTokens(t *testing.T) {
 		t.Errorf("OBO with offline_access: %s", obo.body)
 	}
 }
+
+// TestAuthorizeDuplicateParameter: the authorization endpoint refuses a repeated parameter too (AADSTS9000411 for a
+// repeated login_hint, AzureAD/microsoft-authentication-library-for-android#688), and says so before using any
+// redirect_uri, since which of two values is meant cannot be known.
+func TestAuthorizeDuplicateParameter(t *testing.T) {
+	h := newHarness(t, Config{})
+	q := url.Values{"client_id": {tPublic}, "response_type": {"code"}, "redirect_uri": {"http://localhost:5000"},
+		"scope": {tUserScope}, "code_challenge": {"abc"}, "code_challenge_method": {"S256"}, "login_hint": {tUPN, "eve@contoso.example"}}
+	r := h.do(http.MethodGet, "/"+tTenant+"/oauth2/v2.0/authorize?"+q.Encode(), "", nil, nil)
+	if r.status != 400 || !strings.Contains(string(r.body), "AADSTS9000411") || !strings.Contains(string(r.body), "login_hint") {
+		t.Fatalf("got %d %s", r.status, r.body)
+	}
+}

@@ -209,6 +209,11 @@ func (e *Emulator) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.Form
+	if name := duplicated(q); name != "" {
+		oe := errDuplicateParam(name)
+		renderPage(w, 400, page{Title: "Sign in", Message: "AADSTS" + strconv.Itoa(oe.code) + ": " + oe.desc})
+		return
+	}
 	e.mu.Lock()
 	c := e.dir.app(q.Get("client_id"))
 	e.mu.Unlock()

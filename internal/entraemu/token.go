@@ -65,15 +65,21 @@ func parseForm(r *http.Request) (url.Values, *oauthError) {
 	if err := r.ParseForm(); err != nil {
 		return nil, errInvalidRequest("The request body could not be parsed.")
 	}
-	// Entra refuses a repeated parameter rather than choosing one of its values; choosing would let a request mean
-	// something else here than there.
-	names := slices.Sorted(maps.Keys(r.PostForm))
-	for _, k := range names {
-		if len(r.PostForm[k]) > 1 {
-			return nil, errDuplicateParam(k)
-		}
+	if name := duplicated(r.PostForm); name != "" {
+		return nil, errDuplicateParam(name)
 	}
 	return r.PostForm, nil
+}
+
+// duplicated names a parameter sent more than once, or returns "". Entra refuses such a request rather than choosing
+// one of the values; choosing would let a request mean something else here than there.
+func duplicated(v url.Values) string {
+	for _, k := range slices.Sorted(maps.Keys(v)) {
+		if len(v[k]) > 1 {
+			return k
+		}
+	}
+	return ""
 }
 
 // request is one token request after the checks every grant shares.
