@@ -385,7 +385,8 @@ func consentError(err error) error {
 			"waiting for the user to approve this agent: run `agentidd consent watch` or answer the prompt",
 			2*time.Second, map[string]string{"request_id": pending.RequestID})
 	case errors.As(err, &denied):
-		return rpcError(codes.PermissionDenied, ReasonConsentDenied, "the user denied this agent these scopes", 0, nil)
+		// Its own words: a prompt nobody answered or that was dismissed is no denial, and the next request asks again.
+		return rpcError(codes.PermissionDenied, ReasonConsentDenied, denied.Error(), 0, nil)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return rpcError(codes.DeadlineExceeded, ReasonConsentPending, "gave up waiting for the user's consent decision", 0, nil)
 	}

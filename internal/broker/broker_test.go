@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -445,6 +446,26 @@ func TestSameScopeSet(t *testing.T) {
 	for _, c := range cases {
 		if got := sameScopeSet(c.a, c.b); got != c.want {
 			t.Errorf("sameScopeSet(%q, %q) = %v, want %v", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+// A prompt that timed out or was dismissed is not reported to the agent as the user's denial.
+func TestConsentNotGivenSaysWhy(t *testing.T) {
+	cases := []struct {
+		err       error
+		want, not string
+	}{
+		{&consent.DeniedError{RequestID: "r1", Reason: "nobody answered in time"}, "nobody answered in time", "denied"},
+		{&consent.DeniedError{RequestID: "r1", Reason: "prompt dismissed"}, "prompt dismissed", "denied"},
+		{&consent.DeniedError{RequestID: "r1", Remembered: true, Until: time.Now().Add(time.Hour), Reason: "denied by the user"},
+			"denied by the user", "nobody"},
+	}
+	for _, c := range cases {
+		err := consentError(c.err)
+		msg := status.Convert(err).Message()
+		if reasonOf(err) != ReasonConsentDenied || !strings.Contains(msg, c.want) || strings.Contains(msg, c.not) {
+			t.Errorf("%v -> %q (%s), want CONSENT_DENIED saying %q and not %q", c.err, msg, reasonOf(err), c.want, c.not)
 		}
 	}
 }
