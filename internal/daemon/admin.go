@@ -271,9 +271,13 @@ func (a *admin) ResetConsent(ctx context.Context, _ *agentidv1.ResetConsentReque
 	return &agentidv1.ResetConsentResponse{}, nil
 }
 
+// maxAuditTail bounds one AuditTail answer (records are ~700 bytes; gRPC's default message limit is 4 MiB).
+const maxAuditTail = 1000
+
 func (a *admin) AuditTail(_ context.Context, in *agentidv1.AuditTailRequest) (*agentidv1.AuditTailResponse, error) {
-	n := int(in.GetN())
-	if n <= 0 || n > 1000 {
+	// At most maxAuditTail records per call: a bigger ask gets that many, not the default.
+	n := min(int(in.GetN()), maxAuditTail)
+	if n <= 0 {
 		n = 20
 	}
 	// Records are buffered for the fast path; what the user asks to see must include the latest.

@@ -141,4 +141,8 @@ func TestAuditRotation(t *testing.T) {
 	if out := e.cli("audit", "tail", "-n", "3"); strings.Count(out, "token.issued") != 3 {
 		t.Errorf("audit tail -n 3 after rotations:\n%s", out)
 	}
+	// More than one answer holds is capped at the limit, not cut to the default 20.
+	if out := e.cli("audit", "tail", "-n", "5000"); strings.Count(out, "\n") != 1000 {
+		t.Errorf("audit tail -n 5000 printed %d lines, want 1000", strings.Count(out, "\n"))
+	}
 }
