@@ -118,10 +118,10 @@ func Load(path string) (*Config, error) {
 
 // decodeStrict decodes TOML into v and refuses keys v has no field for: a misspelt key must not silently fall back to
 // a default (for the policy, a weaker one).
-func decodeStrict(path string, data []byte, v any) error {
+func decodeStrict(path string, data []byte, v any) (toml.MetaData, error) {
 	md, err := toml.Decode(string(data), v)
 	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return md, fmt.Errorf("%s: %w", path, err)
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
@@ -129,16 +129,20 @@ func decodeStrict(path string, data []byte, v any) error {
 			keys[i] = k.String()
 		}
 		sort.Strings(keys)
-		return fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+		return md, fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
 	}
-	return nil
+	return md, nil
 }
 
 // Parse decodes and validates config text; path is only used in messages and to resolve relative paths.
 func Parse(path string, data []byte) (*Config, error) {
 	var c Config
-	if err := decodeStrict(path, data, &c); err != nil {
+	md, err := decodeStrict(path, data, &c)
+	if err != nil {
 		return nil, err
+	}
+	if err := c.refuseExplicitZeros(md); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	c.Path = path
 	if err := c.applyDefaults(); err != nil {
@@ -148,6 +152,32 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &c, nil
+}
+
+// refuseExplicitZeros refuses a key written as zero where an absent key means a default: `rate_limit = 0` or
+// `deny_cooldown = "0s"` read as "none" to a user, and silently becoming 200/s or 10 minutes would surprise them.
+func (c *Config) refuseExplicitZeros(md toml.MetaData) error {
+	zero := []struct {
+		key, def string
+		isZero   bool
+	}{
+		{"min_ttl", "60s", c.MinTTL.Duration == 0},
+		{"refresh_window", "15m", c.RefreshWindow.Duration == 0},
+		{"max_tokens_per_agent", "1000", c.MaxTokensPerAgent == 0},
+		{"audit_max_mb", "64", c.AuditMaxMB == 0},
+		{"audit_keep", "8", c.AuditKeep == 0},
+		{"consent_wait_max", "2m", c.ConsentWaitMax.Duration == 0},
+		{"deny_cooldown", "10m", c.DenyCooldown.Duration == 0},
+		{"rate_limit", "200", c.RateLimit == 0},
+		{"burst", "400", c.Burst == 0},
+	}
+	var errs []error
+	for _, z := range zero {
+		if z.isZero && md.IsDefined(z.key) {
+			errs = append(errs, fmt.Errorf("%s: zero is not a setting (it cannot be turned off); remove the key for the default (%s) or give a positive value", z.key, z.def))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Config) applyDefaults() error {

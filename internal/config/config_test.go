@@ -57,6 +57,10 @@ func TestParseRefusals(t *testing.T) {
 		{"min_ttl longer than tokens live", base + "min_ttl = \"5h\"\n", "min_ttl"},
 		{"rate limit not a number", base + "rate_limit = nan\n", "finite"},
 		{"rate limit infinite", base + "rate_limit = inf\n", "finite"},
+		{"rate limit zero", base + "rate_limit = 0.0\n", "rate_limit: zero is not a setting"},
+		{"burst zero", base + "burst = 0\n", "burst: zero is not a setting"},
+		{"deny cool-down zero", base + "deny_cooldown = \"0s\"\n", "deny_cooldown: zero is not a setting"},
+		{"audit keep zero", base + "audit_keep = 0\n", "audit_keep: zero is not a setting"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -52,7 +52,7 @@ func LoadPolicy(path string) (*Policy, error) {
 		return nil, fmt.Errorf("reading managed policy: %w", err)
 	}
 	var p Policy
-	if err := decodeStrict(path, data, &p); err != nil {
+	if _, err := decodeStrict(path, data, &p); err != nil {
 		return nil, err
 	}
 	for _, id := range p.AllowedAgents {
