@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/client"
@@ -76,6 +79,47 @@ func (g *globals) endpoint() string {
 }
 
 func (g *globals) dial() (*client.Conn, error) { return client.Dial(g.endpoint()) }
+
+// where names the endpoint the CLI dials, for messages.
+func (g *globals) where() string {
+	if e := g.endpoint(); e != "" {
+		return e
+	}
+	if e, err := client.Endpoint(); err == nil {
+		return e
+	}
+	return "the per-user default endpoint"
+}
+
+// explain turns an error from a call to the daemon into one line a user can act on: a daemon that is not there says so
+// and how to start it, a typed error leads with its stable reason (describe), and any other status error is just its
+// message, without gRPC's "rpc error: code = ... desc = " wrapping.
+func explain(err error, endpoint string) error {
+	if err == nil {
+		return nil
+	}
+	if client.Reason(err) != "" {
+		return describe(err)
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	if st.Code() == codes.Unavailable && strings.HasPrefix(msg, "connection error") {
+		for _, absent := range []string{"no such file or directory", "connection refused", "cannot find the file"} {
+			if strings.Contains(strings.ToLower(msg), absent) {
+				return fmt.Errorf("agentidd is not running: nothing listens on %s. Start it with `agentidd run` "+
+					"(or `agentidd service start` if it is installed as a service)", endpoint)
+			}
+		}
+		if i := strings.LastIndex(msg, "dial "); i >= 0 {
+			msg = strings.TrimSuffix(msg[i:], "\"")
+		}
+		return fmt.Errorf("cannot connect to agentidd at %s: %s", endpoint, msg)
+	}
+	return errors.New(msg)
+}
 
 func runCmd(g *globals) *cobra.Command {
 	var logLevel string
@@ -300,6 +344,6 @@ func (g *globals) withConn(fn func(cmd *cobra.Command, args []string, c *client.
 			return err
 		}
 		defer c.Close()
-		return fn(cmd, args, c)
+		return explain(fn(cmd, args, c), g.where())
 	}
 }

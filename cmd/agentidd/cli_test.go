@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/agentidd/agentidd/ipc"
+	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
+)
+
+// fakeAdmin answers the Admin calls the CLI tests need; the rest are Unimplemented.
+type fakeAdmin struct {
+	agentidv1.UnimplementedAdminServer
+	agents []string
+	decide func(*agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error)
+}
+
+func (f *fakeAdmin) DecideConsent(_ context.Context, in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+	return f.decide(in)
+}
+
+func (f *fakeAdmin) ListAgents(context.Context, *agentidv1.ListAgentsRequest) (*agentidv1.ListAgentsResponse, error) {
+	out := &agentidv1.ListAgentsResponse{}
+	for _, n := range f.agents {
+		out.Agents = append(out.Agents, &agentidv1.Agent{Name: n})
+	}
+	return out, nil
+}
+
+func (f *fakeAdmin) ResetConsent(context.Context, *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
+	return &agentidv1.ResetConsentResponse{}, nil
+}
+
+// shortTempDir is a directory whose paths fit a Unix socket address (t.TempDir's can be too long).
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "aidcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// fakeDaemon serves admin on a fresh socket and returns its path.
+func fakeDaemon(t *testing.T, admin agentidv1.AdminServer) string {
+	t.Helper()
+	sock := filepath.Join(shortTempDir(t), "d.sock")
+	l, err := ipc.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(ipc.ServerCredentials()))
+	agentidv1.RegisterAdminServer(srv, admin)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return sock
+}
+
+// runCLI runs the CLI with args and returns its output (stdout and stderr) and error.
+func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	t.Setenv("AGENTIDD_CONFIG", filepath.Join(shortTempDir(t), "absent.toml"))
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// With no daemon, every command that talks to it must say that the daemon is not running and how to start it, not
+// print gRPC's transport error.
+func TestNoDaemonSaysHowToStartIt(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "none.sock")
+	for _, args := range [][]string{{"status"}, {"consent", "list"}, {"audit", "verify"}, {"token", "--agent", "a", "--scope", "api://x/y"}} {
+		_, err := runCLI(t, "", append([]string{"--socket", sock}, args...)...)
+		if err == nil {
+			t.Fatalf("%v: no error without a daemon", args)
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "rpc error") || strings.Contains(msg, "transport") || !strings.Contains(msg, "agentidd is not running") ||
+			!strings.Contains(msg, sock) || !strings.Contains(msg, "agentidd run") {
+			t.Errorf("%v: %q, want a plain 'agentidd is not running' naming %s and `agentidd run`", args, msg, sock)
+		}
+	}
+}
+
+// A daemon's refusal is shown as its message, without "rpc error: code = NotFound desc =".
+func TestDaemonErrorsShownPlain(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{decide: func(in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+		return nil, status.Errorf(codes.NotFound, "no pending consent request %s", in.GetId())
+	}})
+	_, err := runCLI(t, "", "--socket", sock, "consent", "approve", "cr_nope")
+	if err == nil || err.Error() != "no pending consent request cr_nope" {
+		t.Fatalf("consent approve of an unknown request: %v, want just the daemon's message", err)
+	}
+}
