@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -113,12 +114,12 @@ func consentCmd(g *globals) *cobra.Command {
 			return nil
 		}),
 	})
-	var forDur time.Duration
+	var forDur grantDuration
 	decide := func(allow bool) func(cmd *cobra.Command, args []string) error {
 		return g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			req := &agentidv1.DecideConsentRequest{Id: args[0], Allow: allow}
 			if forDur > 0 {
-				req.Duration = durationpb.New(forDur)
+				req.Duration = durationpb.New(time.Duration(forDur))
 			}
 			resp, err := c.Admin.DecideConsent(cmd.Context(), req)
 			if err != nil {
@@ -133,7 +134,7 @@ func consentCmd(g *globals) *cobra.Command {
 		})
 	}
 	approve := &cobra.Command{Use: "approve ID", Short: "Approve a pending request", Args: cobra.ExactArgs(1), RunE: decide(true)}
-	approve.Flags().DurationVar(&forDur, "for", 0, "grant duration: 1h, 8h or 168h (default: the task, else 1h)")
+	approve.Flags().Var(&forDur, "for", "grant duration: 1h, 8h or 7d (default: the task, else 1h)")
 	cmd.AddCommand(approve)
 	cmd.AddCommand(&cobra.Command{Use: "deny ID", Short: "Deny a pending request (remembered for the cool-down)", Args: cobra.ExactArgs(1), RunE: decide(false)})
 	cmd.AddCommand(&cobra.Command{
@@ -196,6 +197,40 @@ func consentCmd(g *globals) *cobra.Command {
 		}),
 	})
 	return cmd
+}
+
+// grantDuration is consent approve's --for: a positive Go duration, or whole days as the daemon names them ("7d"). A
+// zero or negative value is refused: left to the default, it would grant what the user did not ask for.
+type grantDuration time.Duration
+
+func (d *grantDuration) String() string {
+	if *d == 0 {
+		return ""
+	}
+	return time.Duration(*d).String()
+}
+
+func (d *grantDuration) Type() string { return "duration" }
+
+func (d *grantDuration) Set(s string) error {
+	var v time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > 366 {
+			return fmt.Errorf("%q is not a duration like 1h, 8h or 7d", s)
+		}
+		v = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if v, err = time.ParseDuration(s); err != nil {
+			return fmt.Errorf("%q is not a duration like 1h, 8h or 7d", s)
+		}
+	}
+	if v <= 0 {
+		return fmt.Errorf("%q: a grant must last a positive time, like 1h, 8h or 7d", s)
+	}
+	*d = grantDuration(v)
+	return nil
 }
 
 func auditCmd(g *globals) *cobra.Command {

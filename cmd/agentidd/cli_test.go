@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -104,5 +105,29 @@ func TestDaemonErrorsShownPlain(t *testing.T) {
 	_, err := runCLI(t, "", "--socket", sock, "consent", "approve", "cr_nope")
 	if err == nil || err.Error() != "no pending consent request cr_nope" {
 		t.Fatalf("consent approve of an unknown request: %v, want just the daemon's message", err)
+	}
+}
+
+// consent approve --for: a negative or zero duration must be refused, not silently replaced by the default grant; the
+// daemon's own spelling "7d" must be accepted.
+func TestConsentApproveFor(t *testing.T) {
+	var got []*agentidv1.DecideConsentRequest
+	sock := fakeDaemon(t, &fakeAdmin{decide: func(in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+		got = append(got, in)
+		return &agentidv1.DecideConsentResponse{Grant: &agentidv1.Grant{Id: "g_1"}}, nil
+	}})
+	for _, bad := range []string{"-1h", "0s", "0", "xd", "banana"} {
+		if _, err := runCLI(t, "", "--socket", sock, "consent", "approve", "cr_1", "--for", bad); err == nil {
+			t.Errorf("--for %s accepted", bad)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("a refused --for still sent %d decision(s) to the daemon: %v", len(got), got)
+	}
+	if _, err := runCLI(t, "", "--socket", sock, "consent", "approve", "cr_1", "--for", "7d"); err != nil {
+		t.Fatalf("--for 7d: %v", err)
+	}
+	if len(got) != 1 || got[0].GetDuration().AsDuration() != 7*24*time.Hour || !got[0].GetAllow() {
+		t.Fatalf("--for 7d sent %v, want an approval for 168h", got)
 	}
 }
