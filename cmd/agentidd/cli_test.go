@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +21,20 @@ import (
 // fakeAdmin answers the Admin calls the CLI tests need; the rest are Unimplemented.
 type fakeAdmin struct {
 	agentidv1.UnimplementedAdminServer
-	agents []string
-	decide func(*agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error)
+	agents   []string
+	decide   func(*agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error)
+	register func(*agentidv1.RegisterLaunchRequest) (*agentidv1.RegisterLaunchResponse, error)
+}
+
+func (f *fakeAdmin) RegisterLaunch(_ context.Context, in *agentidv1.RegisterLaunchRequest) (*agentidv1.RegisterLaunchResponse, error) {
+	if f.register == nil {
+		return nil, status.Error(codes.Unimplemented, "no RegisterLaunch in this test")
+	}
+	return f.register(in)
+}
+
+func (f *fakeAdmin) EndLaunch(context.Context, *agentidv1.EndLaunchRequest) (*agentidv1.EndLaunchResponse, error) {
+	return &agentidv1.EndLaunchResponse{}, nil
 }
 
 func (f *fakeAdmin) DecideConsent(_ context.Context, in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
@@ -129,5 +142,41 @@ func TestConsentApproveFor(t *testing.T) {
 	}
 	if len(got) != 1 || got[0].GetDuration().AsDuration() != 7*24*time.Hour || !got[0].GetAllow() {
 		t.Fatalf("--for 7d sent %v, want an approval for 168h", got)
+	}
+}
+
+// exec with an agent name the daemon does not know, or with no daemon, must fail before the command runs.
+func TestExecChecksAgentBeforeRunning(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("uses sh")
+	}
+	marker := filepath.Join(shortTempDir(t), "ran")
+	cmdline := []string{"sh", "-c", "touch " + marker}
+	sock := fakeDaemon(t, &fakeAdmin{agents: []string{"coder", "reviewer"}})
+	_, err := runExec(context.Background(), &globals{socket: sock}, "nosuch", nil, time.Second, cmdline)
+	if err == nil || !strings.Contains(err.Error(), `no agent named "nosuch"`) || !strings.Contains(err.Error(), "coder, reviewer") {
+		t.Errorf("unknown agent: %v, want it named with the configured ones", err)
+	}
+	_, err = runExec(context.Background(), &globals{socket: filepath.Join(shortTempDir(t), "none.sock")}, "coder", nil, time.Second, cmdline)
+	if err == nil || !strings.Contains(err.Error(), "agentidd is not running") {
+		t.Errorf("no daemon: %v, want 'agentidd is not running'", err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the command ran although exec refused")
+	}
+}
+
+// A command that is done before the daemon could register it (`agentidd exec -- false`) gives its own exit code.
+func TestExecQuickCommandKeepsItsExitCode(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("uses sh")
+	}
+	sock := fakeDaemon(t, &fakeAdmin{agents: []string{"coder"}, register: func(in *agentidv1.RegisterLaunchRequest) (*agentidv1.RegisterLaunchResponse, error) {
+		time.Sleep(300 * time.Millisecond) // the command has exited by now, as a real daemon finds it
+		return nil, status.Errorf(codes.FailedPrecondition, "cannot inspect pid %d: it exited or is not visible", in.GetRootPid())
+	}})
+	code, err := runExec(context.Background(), &globals{socket: sock}, "coder", nil, time.Second, []string{"sh", "-c", "exit 3"})
+	if err != nil || code != 3 {
+		t.Fatalf("exec -- sh -c 'exit 3': code %d, err %v; want 3 and no error", code, err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/execenv"
@@ -70,6 +72,11 @@ func runExec(ctx context.Context, g *globals, agent string, scopes []string, wai
 		return 0, err
 	}
 	defer conn.Close()
+	// Before the command runs: a daemon that is not there or an agent name it does not know would otherwise be found
+	// out only after the command had started (and been killed part way).
+	if err := checkAgent(ctx, conn, agent, endpoint); err != nil {
+		return 0, err
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("agentidd", "exec")
 	var launchID string // written before Bind; the endpoint reads it only after Bind
@@ -104,7 +111,12 @@ func runExec(ctx context.Context, g *globals, agent string, scopes []string, wai
 	if err != nil {
 		_ = child.Process.Kill()
 		_ = child.Wait()
-		return 0, fmt.Errorf("registering %s with agentidd as agent %s: %w", args[0], agent, describe(err))
+		if status.Code(err) == codes.FailedPrecondition && child.ProcessState.Exited() {
+			// The command finished before it could be registered (`agentidd exec -- true`): it ran, without the agent's
+			// credentials, and its exit code is the answer.
+			return exitCode(child.ProcessState), nil
+		}
+		return 0, fmt.Errorf("registering %s with agentidd as agent %s: %w", args[0], agent, explain(err, endpoint))
 	}
 	launchID = reg.GetLaunchId()
 	mi.Bind(child.Process.Pid)
@@ -131,6 +143,25 @@ loop:
 		log.Warn("could not end the launch; the daemon ends it when it sees the command exited", "err", describe(endErr))
 	}
 	return exitCode(child.ProcessState), nil
+}
+
+// checkAgent makes sure the daemon answers and knows agent.
+func checkAgent(ctx context.Context, conn *client.Conn, agent, endpoint string) error {
+	resp, err := conn.Admin.ListAgents(ctx, &agentidv1.ListAgentsRequest{})
+	if err != nil {
+		return explain(err, endpoint)
+	}
+	var names []string
+	for _, a := range resp.GetAgents() {
+		if a.GetName() == agent {
+			return nil
+		}
+		names = append(names, a.GetName())
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no agent named %q: the daemon's config has no [[agent]] entries", agent)
+	}
+	return fmt.Errorf("no agent named %q in the daemon's config; configured: %s", agent, strings.Join(names, ", "))
 }
 
 // childEnv drops variables that would point SDKs at another identity than the agent's: other managed-identity
