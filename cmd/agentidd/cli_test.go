@@ -180,3 +180,46 @@ func TestExecQuickCommandKeepsItsExitCode(t *testing.T) {
 		t.Fatalf("exec -- sh -c 'exit 3': code %d, err %v; want 3 and no error", code, err)
 	}
 }
+
+// writeConfig writes a valid config with a file secret store in a fresh directory and returns its path and state dir.
+func writeConfig(t *testing.T) (path, stateDir string) {
+	t.Helper()
+	dir := shortTempDir(t)
+	stateDir = filepath.Join(dir, "state")
+	path = filepath.Join(dir, "config.toml")
+	toml := `authority = "https://login.microsoftonline.com/7f3c2a10-5b8e-4c1d-9a6f-2e4b8d0c1a93"
+client_id = "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a"
+blueprint_app_id = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+secret_store = "file"
+state_dir = "` + filepath.ToSlash(stateDir) + `"
+`
+	if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, stateDir
+}
+
+// secret set under another id than the config's blueprint_app_id stored a credential the daemon never reads, and said
+// "stored"; without --blueprint it must use the configured one.
+func TestSecretSetNamesTheConfiguredBlueprint(t *testing.T) {
+	cfgPath, stateDir := writeConfig(t)
+	_, err := runCLI(t, "s3cret", "--config", cfgPath, "secret", "set", "--blueprint", "0000aaaa-0000-4000-8000-000000000000")
+	if err == nil || !strings.Contains(err.Error(), "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") {
+		t.Errorf("secret set for another blueprint: %v, want a refusal naming the configured one", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(stateDir, "secrets")); len(entries) > 0 {
+		for _, e := range entries {
+			if strings.Contains(e.Name(), "0000aaaa") {
+				t.Errorf("a credential for an unconfigured blueprint was stored: %s", e.Name())
+			}
+		}
+	}
+	out, err := runCLI(t, "s3cret", "--config", cfgPath, "secret", "set")
+	if err != nil || !strings.Contains(out, "blueprint/a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") {
+		t.Fatalf("secret set without --blueprint: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "s3cret", "--config", cfgPath, "secret", "set", "--blueprint", "A1B2C3D4-E5F6-4A7B-8C9D-0E1F2A3B4C5D")
+	if err != nil || !strings.Contains(out, "blueprint/a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") {
+		t.Fatalf("secret set with the configured id in upper case: %v\n%s", err, out)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/agentidd/agentidd/internal/config"
 	"github.com/agentidd/agentidd/internal/daemon"
 	"github.com/agentidd/agentidd/platform"
 )
@@ -157,15 +158,26 @@ func secretCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "secret", Short: "Store agent credentials in the OS secret store"}
 	// Only the blueprint has a credential: agent identities act through it (ENTRA-NOTES), so there is no per-agent secret.
 	var blueprint, certFile string
-	item := func() (string, error) {
+	var cfg *config.Config
+	// item names the blueprint's credential: --blueprint, or the config's blueprint_app_id when it is not given. set
+	// passes strict: a credential stored under another id would never be read by the daemon; rm may remove any.
+	item := func(strict bool) (string, error) {
 		if blueprint == "" {
-			return "", errors.New("name the blueprint: --blueprint APPID")
+			return platform.BlueprintItem(cfg.BlueprintAppID), nil
+		}
+		if strings.EqualFold(blueprint, cfg.BlueprintAppID) {
+			return platform.BlueprintItem(cfg.BlueprintAppID), nil
+		}
+		if strict {
+			path, _ := g.configFile()
+			return "", fmt.Errorf("--blueprint %s is not the configured blueprint_app_id %s (%s): the daemon would never read it; "+
+				"leave out --blueprint, or change blueprint_app_id first", blueprint, cfg.BlueprintAppID, path)
 		}
 		return platform.BlueprintItem(blueprint), nil
 	}
 	open := func() (platform.SecretStore, error) {
-		cfg, err := g.config()
-		if err != nil {
+		var err error
+		if cfg, err = g.config(); err != nil {
 			return nil, err
 		}
 		s, err := platform.OpenSecretStore(cfg.SecretStore, cfg.StateDir)
@@ -183,11 +195,11 @@ func secretCmd(g *globals) *cobra.Command {
 			"Replacing a credential keeps the old one as <item>.previous until the daemon has used the new one successfully.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, err := item()
+			s, err := open()
 			if err != nil {
 				return err
 			}
-			s, err := open()
+			name, err := item(true)
 			if err != nil {
 				return err
 			}
@@ -220,11 +232,11 @@ func secretCmd(g *globals) *cobra.Command {
 		Short: "Remove a credential (and a kept previous one)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			name, err := item()
+			s, err := open()
 			if err != nil {
 				return err
 			}
-			s, err := open()
+			name, err := item(false)
 			if err != nil {
 				return err
 			}
@@ -238,7 +250,7 @@ func secretCmd(g *globals) *cobra.Command {
 		},
 	}
 	for _, c := range []*cobra.Command{set, rm} {
-		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id")
+		c.Flags().StringVar(&blueprint, "blueprint", "", "blueprint app id (default: the config's blueprint_app_id)")
 	}
 	cmd.AddCommand(set, rm)
 	return cmd
