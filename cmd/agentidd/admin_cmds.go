@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -142,8 +143,11 @@ func consentCmd(g *globals) *cobra.Command {
 		Short: "Forget remembered denials",
 		Args:  cobra.NoArgs,
 		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
-			_, err := c.Admin.ResetConsent(cmd.Context(), &agentidv1.ResetConsentRequest{})
-			return err
+			if _, err := c.Admin.ResetConsent(cmd.Context(), &agentidv1.ResetConsentRequest{}); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "remembered denials forgotten: agents that were denied may ask again")
+			return nil
 		}),
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -237,10 +241,17 @@ func auditCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the two-principal audit log"}
 	var n int
 	tail := &cobra.Command{
-		Use:  "tail",
-		Args: cobra.NoArgs,
+		Use:   "tail",
+		Short: "Print the latest audit records, one JSON object a line",
+		Args:  cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if n < 1 {
+				return fmt.Errorf("-n %d: give how many records to show, at least 1", n)
+			}
+			return nil
+		},
 		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
-			resp, err := c.Admin.AuditTail(cmd.Context(), &agentidv1.AuditTailRequest{N: int32(n)})
+			resp, err := c.Admin.AuditTail(cmd.Context(), &agentidv1.AuditTailRequest{N: int32(min(n, math.MaxInt32))})
 			if err != nil {
 				return err
 			}
@@ -250,10 +261,11 @@ func auditCmd(g *globals) *cobra.Command {
 			return nil
 		}),
 	}
-	tail.Flags().IntVarP(&n, "n", "n", 20, "records")
+	tail.Flags().IntVarP(&n, "n", "n", 20, "how many of the latest records to print")
 	cmd.AddCommand(tail, &cobra.Command{
-		Use:  "verify",
-		Args: cobra.NoArgs,
+		Use:   "verify",
+		Short: "Check the audit log's hash chain: fails if a record was edited, removed or reordered",
+		Args:  cobra.NoArgs,
 		RunE: g.withConn(func(cmd *cobra.Command, args []string, c *client.Conn) error {
 			resp, err := c.Admin.AuditVerify(cmd.Context(), &agentidv1.AuditVerifyRequest{})
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -221,5 +222,39 @@ func TestSecretSetNamesTheConfiguredBlueprint(t *testing.T) {
 	out, err = runCLI(t, "s3cret", "--config", cfgPath, "secret", "set", "--blueprint", "A1B2C3D4-E5F6-4A7B-8C9D-0E1F2A3B4C5D")
 	if err != nil || !strings.Contains(out, "blueprint/a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d") {
 		t.Fatalf("secret set with the configured id in upper case: %v\n%s", err, out)
+	}
+}
+
+// Every command says what it does in --help's command list.
+func TestEveryCommandHasAShortHelp(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if !c.Hidden && c.Short == "" {
+			t.Errorf("%q has no Short help: `agentidd %s --help` lists it with an empty description", c.CommandPath(), c.Parent().Name())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+}
+
+// audit tail -n 0 or a negative count printed the whole default tail instead of refusing.
+func TestAuditTailRefusesNonPositiveCount(t *testing.T) {
+	sock := filepath.Join(shortTempDir(t), "none.sock")
+	for _, n := range []string{"0", "-5"} {
+		_, err := runCLI(t, "", "--socket", sock, "audit", "tail", "-n", n)
+		if err == nil || !strings.Contains(err.Error(), "at least 1") {
+			t.Errorf("audit tail -n %s: %v, want a refusal", n, err)
+		}
+	}
+}
+
+// consent reset said nothing at all on success.
+func TestConsentResetConfirms(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{})
+	out, err := runCLI(t, "", "--socket", sock, "consent", "reset")
+	if err != nil || !strings.Contains(out, "forgotten") {
+		t.Fatalf("consent reset: %v, output %q", err, out)
 	}
 }
