@@ -73,7 +73,7 @@ func fakeDaemon(t *testing.T, admin agentidv1.AdminServer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.Creds(ipc.ServerCredentials()))
+	srv := grpc.NewServer(grpc.Creds(ipc.ServerCredentials()), grpc.MaxRecvMsgSize(64<<10)) // the daemon's limit
 	agentidv1.RegisterAdminServer(srv, admin)
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(srv.Stop)
@@ -256,5 +256,20 @@ func TestConsentResetConfirms(t *testing.T) {
 	out, err := runCLI(t, "", "--socket", sock, "consent", "reset")
 	if err != nil || !strings.Contains(out, "forgotten") {
 		t.Fatalf("consent reset: %v, output %q", err, out)
+	}
+}
+
+// Garbage arguments get a message about the argument, not gRPC's marshaling or message-size error.
+func TestGarbageArgumentsExplained(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{decide: func(in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
+		return nil, status.Errorf(codes.NotFound, "no pending consent request %s", in.GetId())
+	}})
+	_, err := runCLI(t, "", "--socket", sock, "consent", "approve", "cr_\xff\xfe")
+	if err == nil || strings.Contains(err.Error(), "grpc") || !strings.Contains(err.Error(), "UTF-8") {
+		t.Errorf("non-UTF-8 request id: %v", err)
+	}
+	_, err = runCLI(t, "", "--socket", sock, "consent", "approve", strings.Repeat("a", 100_000))
+	if err == nil || strings.Contains(err.Error(), "grpc") || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("100 kB request id: %v", err)
 	}
 }

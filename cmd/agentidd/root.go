@@ -118,6 +118,12 @@ func explain(err error, endpoint string) error {
 		}
 		return fmt.Errorf("cannot connect to agentidd at %s: %s", endpoint, msg)
 	}
+	switch {
+	case strings.Contains(msg, "invalid UTF-8"): // the client's marshaling refused the request
+		return errors.New("an argument is not valid UTF-8 text: request ids, agent names and scopes are text")
+	case st.Code() == codes.ResourceExhausted && strings.Contains(msg, "larger than max"):
+		return errors.New("the request is too large for the daemon: an argument is far longer than any request id, agent name or scope")
+	}
 	return errors.New(msg)
 }
 
