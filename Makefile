@@ -14,6 +14,9 @@ GRPCURL_VERSION := v1.9.3
 # Debian packages the tests need: a real Secret Service on a private D-Bus, protoc for the staleness check.
 # wine64 + mingw run the Windows test binaries (scripts/wine-test).
 APT_PACKAGES := gnome-keyring dbus libsecret-tools protobuf-compiler wine64 gcc-mingw-w64-x86-64
+# Commands the tests run, each with the Debian package installed when the command is missing: node and npm for the
+# Node client's tests. A Node.js installed another way (with its own npm) is used as it is, not replaced.
+APT_COMMANDS := node:nodejs npm:npm
 CROSS_TARGETS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
 
 .PHONY: all build demo test test-go test-windows deps apt-deps tools lint vet staticcheck fmt-check mod-check proto proto-check cross bench fuzz clean
@@ -32,7 +35,7 @@ test: deps lint proto-check test-go cross
 	@echo "make test: all checks passed"
 
 test-go:
-	scripts/with-secret-service env AGENTIDD_REQUIRE_SECRET_SERVICE=1 PATH="$(TOOLS):$$PATH" CGO_ENABLED=1 \
+	scripts/with-secret-service env AGENTIDD_REQUIRE_SECRET_SERVICE=1 AGENTIDD_REQUIRE_NODE=1 PATH="$(TOOLS):$$PATH" CGO_ENABLED=1 \
 		$(GO) test -race -count=1 -timeout 25m ./...
 
 # The Windows test binaries under Debian's wine (docs/platforms.md lists what is kept and why the rest is not).
@@ -45,6 +48,7 @@ deps: apt-deps tools
 
 apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for c in $(APT_COMMANDS); do command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -364,6 +364,10 @@ func TestExecGrpcurl(t *testing.T) {
 func execNodeModules(t *testing.T) string {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
+		// make test installs node and sets AGENTIDD_REQUIRE_NODE=1, so a missing node fails there instead of skipping.
+		if os.Getenv("AGENTIDD_REQUIRE_NODE") == "1" {
+			t.Fatal("node is not installed but AGENTIDD_REQUIRE_NODE=1 (apt-get install -y nodejs npm)")
+		}
 		t.Skip("node is not installed: the Node client and @azure/identity tests need it")
 	}
 	dir, _ := filepath.Abs(filepath.Join("..", "..", "clients", "node"))
