@@ -105,6 +105,9 @@ func (a *admin) Status(ctx context.Context, _ *agentidv1.StatusRequest) (*agenti
 
 func (a *admin) Login(_ *agentidv1.LoginRequest, stream agentidv1.Admin_LoginServer) error {
 	d := a.d
+	if err := a.refuseFromAgentTree(stream.Context(), "a sign-in"); err != nil {
+		return err
+	}
 	if why := d.broker.Degraded(); why != "" {
 		return status.Error(codes.FailedPrecondition, why)
 	}
@@ -219,13 +222,15 @@ func (a *admin) WatchConsentRequests(_ *agentidv1.ListConsentRequestsRequest, st
 	}
 }
 
-// refuseAgentApprover keeps consent a decision of the user: the caller of an approval must not be an agent, nor run
-// inside one's process tree. The agentidd CLI passes the admin gate wherever it runs, so without this an agent could
-// approve its own request with `agentidd consent approve`.
-func (a *admin) refuseAgentApprover(ctx context.Context) error {
+// refuseFromAgentTree keeps the user's decisions the user's: who may act for them (consent approvals and resets) and
+// whom the daemon acts for (a sign-in, which signs in whoever completes it: an agent could otherwise sign in an
+// account of its choosing and have every agent act for that one). The caller must not be an agent, nor run inside
+// one's process tree. The agentidd CLI passes the admin gate wherever it runs, so without this an agent could run
+// `agentidd consent approve` or `agentidd login` itself.
+func (a *admin) refuseFromAgentTree(ctx context.Context, what string) error {
 	peer, ok := ipc.PeerFromContext(ctx)
 	if !ok {
-		return status.Error(codes.PermissionDenied, "consent decisions need peer credentials")
+		return status.Error(codes.PermissionDenied, what+" needs peer credentials")
 	}
 	if peer.PID == os.Getpid() {
 		// The daemon's own process is no agent's child. (It calls itself only in in-process tests, where it also
@@ -233,16 +238,16 @@ func (a *admin) refuseAgentApprover(ctx context.Context) error {
 		return nil
 	}
 	if agent, isAgent := a.d.broker.AgentInAncestry(peer.PID); isAgent {
-		a.d.log.Warn("refused a consent approval from inside an agent's process tree", "pid", peer.PID, "agent", agent)
+		a.d.log.Warn("refused a user decision from inside an agent's process tree", "what", what, "pid", peer.PID, "agent", agent)
 		return status.Errorf(codes.PermissionDenied,
-			"consent must come from the user: this command runs inside the process tree of agent %s; approve from your own terminal or the prompt", agent)
+			"%s must come from the user: this command runs inside the process tree of agent %s; run it from your own terminal (or answer the prompt)", what, agent)
 	}
 	return nil
 }
 
 func (a *admin) DecideConsent(ctx context.Context, in *agentidv1.DecideConsentRequest) (*agentidv1.DecideConsentResponse, error) {
 	if in.GetAllow() {
-		if err := a.refuseAgentApprover(ctx); err != nil {
+		if err := a.refuseFromAgentTree(ctx, "consent"); err != nil {
 			return nil, err
 		}
 	}
@@ -264,7 +269,7 @@ func (a *admin) DecideConsent(ctx context.Context, in *agentidv1.DecideConsentRe
 }
 
 func (a *admin) ResetConsent(ctx context.Context, _ *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
-	if err := a.refuseAgentApprover(ctx); err != nil {
+	if err := a.refuseFromAgentTree(ctx, "consent"); err != nil {
 		return nil, err
 	}
 	a.d.consent.ResetDenies()

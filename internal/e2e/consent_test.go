@@ -648,6 +648,15 @@ func TestAgentCannotApproveItsOwnRequest(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "process tree of agent "+testAgent) {
 		t.Fatalf("approval by a child of the agent: %v\n%s", err, out)
 	}
+	// Nor may it start a sign-in, which would sign in whoever completes it for every agent to act for.
+	loginCtx, stopLogin := context.WithTimeout(context.Background(), 20*time.Second) // a sign-in that starts waits for a user
+	defer stopLogin()
+	login := exec.CommandContext(loginCtx, e.agentidd, "login")
+	login.Env = e.environ()
+	if out, err := login.CombinedOutput(); err == nil || !strings.Contains(string(out), "process tree of agent "+testAgent) ||
+		strings.Contains(string(out), "enter the code") {
+		t.Fatalf("sign-in by a child of the agent: %v\n%s", err, out)
+	}
 	// Inside an `agentidd exec` launch of the agent: the agent's own request, then its attempt to approve it.
 	script := `"$0" socket test-agent "$1" >/dev/null
 id=$("$2" consent list | sed -n 's/^request \([^:]*\):.*/\1/p' | head -n 1)
