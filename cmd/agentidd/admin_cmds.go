@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -281,6 +282,22 @@ func auditCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// daemonRunning reports whether a daemon answers on the endpoint, and its pid.
+func (g *globals) daemonRunning(ctx context.Context) (int32, bool) {
+	c, err := g.dial()
+	if err != nil {
+		return 0, false
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := c.Admin.Status(ctx, &agentidv1.StatusRequest{})
+	if err != nil {
+		return 0, false
+	}
+	return st.GetPid(), true
+}
+
 func resetCmd(g *globals) *cobra.Command {
 	var yes bool
 	cmd := &cobra.Command{
@@ -293,6 +310,11 @@ func resetCmd(g *globals) *cobra.Command {
 				return err
 			}
 			path := filepath.Join(cfg.StateDir, "state.db")
+			// The state file's lock shows a running daemon only when it opened the file: one serving degraded (it could
+			// not read the file) holds no lock, and a reset under it leaves it refusing everything until it restarts.
+			if pid, running := g.daemonRunning(cmd.Context()); running {
+				return fmt.Errorf("agentidd is running (pid %d on %s): stop it first (`agentidd service stop`, or end `agentidd run`)", pid, g.where())
+			}
 			if !yes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "This resets %s: the sign-in, all grants and cached tokens. Type yes to continue: ", path)
 				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')

@@ -50,6 +50,10 @@ func (f *fakeAdmin) ListAgents(context.Context, *agentidv1.ListAgentsRequest) (*
 	return out, nil
 }
 
+func (f *fakeAdmin) Status(context.Context, *agentidv1.StatusRequest) (*agentidv1.StatusResponse, error) {
+	return &agentidv1.StatusResponse{Pid: 4242, Degraded: "the state file could not be read"}, nil
+}
+
 func (f *fakeAdmin) ResetConsent(context.Context, *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
 	return &agentidv1.ResetConsentResponse{}, nil
 }
@@ -271,5 +275,23 @@ func TestGarbageArgumentsExplained(t *testing.T) {
 	_, err = runCLI(t, "", "--socket", sock, "consent", "approve", strings.Repeat("a", 100_000))
 	if err == nil || strings.Contains(err.Error(), "grpc") || !strings.Contains(err.Error(), "too large") {
 		t.Errorf("100 kB request id: %v", err)
+	}
+}
+
+// reset must refuse while a daemon answers: one serving degraded holds no lock on the state file, so the lock check
+// alone let a reset through and the daemon went on refusing everything.
+func TestResetRefusesWhileADaemonAnswers(t *testing.T) {
+	cfgPath, stateDir := writeConfig(t)
+	sock := fakeDaemon(t, &fakeAdmin{})
+	_, err := runCLI(t, "", "--config", cfgPath, "--socket", sock, "reset", "--yes")
+	if err == nil || !strings.Contains(err.Error(), "running (pid 4242") {
+		t.Fatalf("reset with a daemon answering: %v, want a refusal naming its pid", err)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "state.db")); err == nil {
+		t.Error("reset wrote a state file although it refused")
+	}
+	out, err := runCLI(t, "", "--config", cfgPath, "--socket", filepath.Join(shortTempDir(t), "none.sock"), "reset", "--yes")
+	if err != nil {
+		t.Fatalf("reset with no daemon: %v\n%s", err, out)
 	}
 }
