@@ -295,3 +295,12 @@ func TestResetRefusesWhileADaemonAnswers(t *testing.T) {
 		t.Fatalf("reset with no daemon: %v\n%s", err, out)
 	}
 }
+
+// A degraded daemon refuses login, so status must not tell the user to run it.
+func TestDegradedStatusDoesNotSuggestLogin(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{})
+	out, err := runCLI(t, "", "--socket", sock, "status")
+	if err != nil || !strings.Contains(out, "DEGRADED") || strings.Contains(out, "agentidd login") {
+		t.Fatalf("status of a degraded daemon: %v\n%s", err, out)
+	}
+}

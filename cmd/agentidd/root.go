@@ -234,6 +234,8 @@ func statusCmd(g *globals) *cobra.Command {
 			}
 			if st.GetSignedIn() {
 				fmt.Fprintf(w, "signed in: %s (oid %s)\n", st.GetUserUpn(), st.GetUserOid())
+			} else if st.GetDegraded() != "" {
+				fmt.Fprintln(w, "signed in: no") // login is refused until what DEGRADED names is fixed
 			} else {
 				fmt.Fprintln(w, "signed in: no (run `agentidd login`)")
 			}
