@@ -243,38 +243,61 @@ func (e *env) cliInput(stdin string, args ...string) string {
 	return out
 }
 
-// cliErr runs the CLI as the user would: from outside the test's process tree. The test process is also a bound agent,
-// and the daemon refuses consent approvals from inside an agent's tree; a subshell its parent shell leaves behind is
-// re-parented away from the test (the detaching SECURITY.md names as that check's limit). Its exit status comes back
-// on fd 3; fd 4 carries stdin past sh, which gives a background job /dev/null.
+// cliErr runs the CLI as the user would: from outside the test's process tree (see startCLI).
 func (e *env) cliErr(stdin string, args ...string) (string, error) {
-	rcR, rcW, err := os.Pipe()
+	out, wait, err := e.startCLI(strings.NewReader(stdin), args...)
 	if err != nil {
 		return "", err
 	}
-	defer rcR.Close()
+	b, _ := io.ReadAll(out)
+	return string(b), wait()
+}
+
+// startCLI starts the CLI from outside the test's process tree and returns its output (stdout and stderr) and a wait
+// that reports its exit status once the output is read to the end. The test process is also a bound agent, and the
+// daemon refuses consent approvals and sign-ins from inside an agent's tree; a subshell its parent shell leaves behind
+// is re-parented away from the test (the detaching SECURITY.md names as that check's limit). Its exit status comes
+// back on fd 3; fd 4 carries stdin past sh, which gives a background job /dev/null.
+func (e *env) startCLI(stdin io.Reader, args ...string) (io.Reader, func() error, error) {
+	rcR, rcW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		rcR.Close()
+		rcW.Close()
+		return nil, nil, err
+	}
 	cmd := exec.Command("sh", append([]string{"-c", `exec 4<&0; ("$0" "$@" <&4 4<&-; echo $? >&3) &`, e.agentidd}, args...)...)
 	cmd.Env = e.environ()
-	cmd.Stdin = strings.NewReader(stdin)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdin = stdin
+	cmd.Stdout, cmd.Stderr = outW, outW
 	cmd.ExtraFiles = []*os.File{rcW}
 	err = cmd.Start()
 	rcW.Close()
+	outW.Close()
 	if err != nil {
-		return "", err
+		rcR.Close()
+		outR.Close()
+		return nil, nil, err
 	}
-	if err := cmd.Wait(); err != nil { // returns once the detached CLI has closed its output
-		return out.String(), err
+	wait := func() error {
+		defer rcR.Close()
+		defer outR.Close()
+		if err := cmd.Wait(); err != nil {
+			return err
+		}
+		rc, err := io.ReadAll(rcR) // EOF once the detached CLI's subshell has exited
+		if err != nil {
+			return err
+		}
+		if code := strings.TrimSpace(string(rc)); code != "0" {
+			return fmt.Errorf("agentidd exited with status %q", code)
+		}
+		return nil
 	}
-	rc, err := io.ReadAll(rcR)
-	if err != nil {
-		return out.String(), err
-	}
-	if code := strings.TrimSpace(string(rc)); code != "0" {
-		return out.String(), fmt.Errorf("agentidd exited with status %q", code)
-	}
-	return out.String(), nil
+	return outR, wait, nil
 }
 
 var codeRE = regexp.MustCompile(`open the page (\S+) and enter the code (\S+) `)
@@ -282,14 +305,8 @@ var codeRE = regexp.MustCompile(`open the page (\S+) and enter the code (\S+) `)
 // login signs the default user in through the device-code page, as a person would.
 func (e *env) login() {
 	e.t.Helper()
-	cmd := exec.Command(e.agentidd, "login")
-	cmd.Env = e.environ()
-	stdout, err := cmd.StdoutPipe()
+	stdout, wait, err := e.startCLI(strings.NewReader(""), "login")
 	if err != nil {
-		e.t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
 	sc := bufio.NewScanner(stdout)
@@ -306,7 +323,7 @@ func (e *env) login() {
 		}
 	}
 	_, _ = io.Copy(io.Discard, stdout)
-	if err := cmd.Wait(); err != nil || !found || !strings.Contains(rest.String(), "Signed in as "+emutest.DefaultUserUPN) {
+	if err := wait(); err != nil || !found || !strings.Contains(rest.String(), "Signed in as "+emutest.DefaultUserUPN) {
 		e.t.Fatalf("login failed (%v):\n%s\ndaemon log:\n%s", err, rest.String(), e.log.String())
 	}
 }
