@@ -469,3 +469,15 @@ func TestConsentNotGivenSaysWhy(t *testing.T) {
 		}
 	}
 }
+
+// No blueprint credential stored is the user's setup step to take: FAILED_PRECONDITION/CREDENTIAL_MISSING naming the
+// command, not INTERNAL.
+func TestMissingCredentialIsAPrecondition(t *testing.T) {
+	f := newFixture(t)
+	f.idp.err = fmt.Errorf("%w for blueprint b: run `agentidd secret set --blueprint b`", entra.ErrNoCredential)
+	_, err := f.b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
+	if status.Code(err) != codes.FailedPrecondition || reasonOf(err) != ReasonCredentialMissing ||
+		!strings.Contains(status.Convert(err).Message(), "agentidd secret set") {
+		t.Fatalf("got %v / %s, want FAILED_PRECONDITION/CREDENTIAL_MISSING naming the command", err, reasonOf(err))
+	}
+}

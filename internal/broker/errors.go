@@ -28,6 +28,7 @@ const (
 	ReasonAgentRejected       = "AGENT_REJECTED"       // the IdP refused the agent identity or its blueprint credential
 	ReasonIdPConsentRequired  = "IDP_CONSENT_REQUIRED" // the tenant has not consented the agent identity to the scopes
 	ReasonSecretStore         = "SECRET_STORE_UNAVAILABLE"
+	ReasonCredentialMissing   = "CREDENTIAL_MISSING" // no blueprint credential stored: `agentidd secret set`
 	ReasonPeerGone            = "PEER_GONE"
 	ReasonInternal            = "INTERNAL"
 	ReasonGrantRevoked        = "GRANT_REVOKED"         // the grant was revoked while the token was being fetched
@@ -46,6 +47,9 @@ func idpError(err error, retry time.Duration) error {
 		return rpcError(codes.Unauthenticated, ReasonSigninRequired, "no user is signed in to agentidd: run `agentidd login`", 0, nil)
 	}
 	e := entra.Classify(err)
+	if errors.Is(e, entra.ErrNoCredential) {
+		return rpcError(codes.FailedPrecondition, ReasonCredentialMissing, e.Summary, 0, nil)
+	}
 	switch e.Class {
 	case entra.ClassTransient:
 		if retry <= 0 {

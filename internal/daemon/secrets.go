@@ -306,7 +306,7 @@ func (s *secretsRuntime) blueprintSecret() (string, error) {
 	b, err := s.readSec()
 	if errors.Is(err, platform.ErrSecretNotFound) {
 		id := s.d.cfg.BlueprintAppID
-		return "", fmt.Errorf("no credential for blueprint %s: run `agentidd secret set --blueprint %s`", id, id)
+		return "", fmt.Errorf("%w for blueprint %s: run `agentidd secret set --blueprint %s`", entra.ErrNoCredential, id, id)
 	}
 	if err != nil {
 		return "", err

@@ -153,6 +153,10 @@ func (c *Client) LoginDeviceCode(ctx context.Context, show func(DeviceCodePrompt
 // ErrNotSignedIn means no user has signed in (or the sign-in was removed).
 var ErrNotSignedIn = errors.New("no user is signed in")
 
+// ErrNoCredential is wrapped by Config.BlueprintSecret's error when no blueprint credential is stored: a local setup
+// step the user has to take, not an identity-provider failure.
+var ErrNoCredential = errors.New("no credential stored")
+
 // UserToken returns the user's token for the blueprint (the OBO assertion), refreshing it silently when needed. It never
 // leaves the daemon.
 func (c *Client) UserToken(ctx context.Context) (string, error) {

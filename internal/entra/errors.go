@@ -129,6 +129,9 @@ func Classify(err error) *Error {
 	if errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.As(err, &opErr) || looksLikeNetwork(err) {
 		return &Error{Class: ClassTransient, Summary: "identity provider unreachable", err: networkOnly(err)}
 	}
+	if errors.Is(err, ErrNoCredential) {
+		return &Error{Class: ClassOther, Summary: err.Error(), err: err} // it names the blueprint and the command, no secret
+	}
 	return &Error{Class: ClassOther, Summary: "unexpected failure talking to the identity provider"}
 }
 

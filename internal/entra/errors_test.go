@@ -110,3 +110,20 @@ func TestClassifyEmulatorReauth(t *testing.T) {
 		t.Errorf("claims challenge %q, want the emulator's nbf challenge", e.Claims)
 	}
 }
+
+// TestMissingCredentialIsNotAnIdPFailure: with no blueprint credential stored, an exchange fails before any request to
+// the IdP, and the error (through MSAL's assertion callback) still says so and what to run, rather than "unexpected
+// failure talking to the identity provider".
+func TestMissingCredentialIsNotAnIdPFailure(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := signedInClientWith(t, ctx, emu, func() (string, error) {
+		return "", fmt.Errorf("%w for blueprint %s: run `agentidd secret set`", entra.ErrNoCredential, emutest.BlueprintAppID)
+	})
+	_, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, "")
+	e := entra.Classify(err)
+	if !errors.Is(e, entra.ErrNoCredential) || e.Class != entra.ClassOther || !strings.Contains(e.Summary, "agentidd secret set") {
+		t.Fatalf("exchange without a credential: %v (class %v, summary %q), want ErrNoCredential naming the command", err, e.Class, e.Summary)
+	}
+}

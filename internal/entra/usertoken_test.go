@@ -53,10 +53,15 @@ func TestUserTokenConcurrentRenewalsKeepTheSignIn(t *testing.T) {
 // emulator's device-code page.
 func signedInClient(t *testing.T, ctx context.Context, emu *emutest.Emulator) *entra.Client {
 	t.Helper()
+	return signedInClientWith(t, ctx, emu, func() (string, error) { return emutest.BlueprintSecret, nil })
+}
+
+// signedInClientWith is signedInClient with the blueprint credential read by secret.
+func signedInClientWith(t *testing.T, ctx context.Context, emu *emutest.Emulator, secret func() (string, error)) *entra.Client {
+	t.Helper()
 	c, err := entra.New(entra.Config{Authority: emu.Authority, ClientID: emutest.PublicClientID,
 		BlueprintAppID: emutest.BlueprintAppID, UserScopes: []string{emutest.BlueprintUserScope},
-		HTTPClient: emu.HTTPClient(), DevAuthority: true,
-		BlueprintSecret: func() (string, error) { return emutest.BlueprintSecret, nil }})
+		HTTPClient: emu.HTTPClient(), DevAuthority: true, BlueprintSecret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}
