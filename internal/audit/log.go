@@ -613,9 +613,9 @@ func (w *chainWalk) file(path string) error {
 	}
 }
 
-// Tail returns the last n complete records, oldest first. It does not
-// verify the chain (see Verify).
-func Tail(path string, n int) ([]Record, error) {
+// Tail returns the last n complete lines, oldest first, as they are on disk. It neither decodes nor verifies them (see
+// Verify): a damaged line is still shown, not a reason to show nothing.
+func Tail(path string, n int) ([][]byte, error) {
 	if n <= 0 {
 		return nil, nil
 	}
@@ -631,15 +631,7 @@ func Tail(path string, n int) ([]Record, error) {
 			}
 		}
 	}
-	out := make([]Record, 0, len(lines))
-	for _, line := range lines {
-		var r Record
-		if err := json.Unmarshal(line, &r); err != nil {
-			return out, fmt.Errorf("audit: decode record: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return lines, nil
 }
 
 // readTail reads backwards from size and returns up to n complete lines

@@ -56,7 +56,7 @@ func TestAppendVerifyTailRoundTrip(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("mode = %v, want 0600", fi.Mode().Perm())
 	}
-	recs, err := Tail(path, 2)
+	recs, err := tailRecords(path, 2)
 	if err != nil || len(recs) != 2 {
 		t.Fatalf("Tail = %d, %v", len(recs), err)
 	}
@@ -67,7 +67,7 @@ func TestAppendVerifyTailRoundTrip(t *testing.T) {
 		strings.Join(got.Scopes, ",") != "Files.Read,Files.Write" || got.Chain[0] != "planner" || got.Hash == "" || got.Prev != recs[0].Hash {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 	}
-	if recs, _ := Tail(path, 100); len(recs) != 5 || recs[0].Seq != 1 {
+	if recs, _ := tailRecords(path, 100); len(recs) != 5 || recs[0].Seq != 1 {
 		t.Fatalf("Tail(100) = %d records", len(recs))
 	}
 	data, _ := os.ReadFile(path)
@@ -353,4 +353,21 @@ func BenchmarkAppend(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// tailRecords decodes Tail's lines.
+func tailRecords(path string, n int) ([]Record, error) {
+	lines, err := Tail(path, n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Record, 0, len(lines))
+	for _, line := range lines {
+		var r Record
+		if err := json.Unmarshal(line, &r); err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }

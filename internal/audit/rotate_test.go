@@ -77,7 +77,7 @@ func TestRotationKeepsTheChain(t *testing.T) {
 	if err != nil || n != kept || seq != 200 {
 		t.Fatalf("VerifyAnchor = %d, %v (head seq %d); want %d lines kept of 200", n, err, seq, kept)
 	}
-	recs, err := Tail(path, countLines(t, path)+2)
+	recs, err := tailRecords(path, countLines(t, path)+2)
 	if err != nil || len(recs) != countLines(t, path)+2 || recs[len(recs)-1].Seq != 200 {
 		t.Fatalf("Tail across the newest rotation: %d records, %v", len(recs), err)
 	}

@@ -289,12 +289,21 @@ func (a *admin) AuditTail(_ context.Context, in *agentidv1.AuditTailRequest) (*a
 	if err := a.d.audit.Sync(); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	records, err := audit.Tail(a.d.auditPath(), n)
+	lines, err := audit.Tail(a.d.auditPath(), n)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	out := &agentidv1.AuditTailResponse{}
-	for _, r := range records {
+	for _, line := range lines {
+		var r audit.Record
+		if json.Unmarshal(line, &r) != nil {
+			// A damaged line is shown for what it is, as JSON like the rest (quoted, so no control character reaches
+			// the terminal), instead of failing the whole tail.
+			b, _ := json.Marshal(map[string]string{"unreadable_line": string(line[:min(len(line), 200)]),
+				"hint": "not an audit record: run `agentidd audit verify`"})
+			out.Lines = append(out.Lines, string(b))
+			continue
+		}
 		b, err := json.Marshal(r)
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())

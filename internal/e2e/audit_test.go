@@ -54,6 +54,37 @@ func TestAuditAnchorCatchesTruncation(t *testing.T) {
 	}
 }
 
+// TestAuditTailShowsADamagedLine: a line that is not a record (garbage with a terminal escape in it) does not
+// make `agentidd audit tail` fail: the records around it are shown, the line is shown quoted for what it is, and
+// `audit verify` is what fails.
+func TestAuditTailShowsADamagedLine(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.login()
+	e.tokenWithApproval(e.conn(), emutest.ResourceScopeRead)
+	e.stopDaemon()
+	// In the middle: a damaged last line stops the daemon at start (it cannot chain on), as it should.
+	path := filepath.Join(e.stateDir, "audit.jsonl")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, rest, _ := bytes.Cut(raw, []byte("\n"))
+	damaged := append(append(append([]byte{}, first...), "\ngarbage \x1b[2J\n"...), rest...)
+	if err := os.WriteFile(path, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+
+	out := e.cli("audit", "tail", "-n", "50")
+	if !strings.Contains(out, "token.issued") || !strings.Contains(out, `"unreadable_line":"garbage \u001b[2J"`) ||
+		strings.Contains(out, "\x1b") {
+		t.Fatalf("audit tail with a damaged line:\n%q", out)
+	}
+	if out, err := e.cliErr("", "audit", "verify"); err == nil {
+		t.Fatalf("verify accepted the damaged log: %s", out)
+	}
+}
+
 // TestAuditNamesTokensByFingerprint: every token.issued record names the token it handed out by the first 16 hex
 // digits of its SHA-256, whether it came from the IdP, from the cache, or from the state restored after a restart.
 func TestAuditNamesTokensByFingerprint(t *testing.T) {
