@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -302,5 +303,24 @@ func TestDegradedStatusDoesNotSuggestLogin(t *testing.T) {
 	out, err := runCLI(t, "", "--socket", sock, "status")
 	if err != nil || !strings.Contains(out, "DEGRADED") || strings.Contains(out, "agentidd login") {
 		t.Fatalf("status of a degraded daemon: %v\n%s", err, out)
+	}
+}
+
+// status --json prints every field, false and zero included, and timestamps as RFC 3339.
+func TestStatusJSONPrintsEveryField(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{})
+	out, err := runCLI(t, "", "--socket", sock, "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if st["online"] != false || st["signed_in"] != false || st["cached_tokens"] != float64(0) || st["pid"] != float64(4242) {
+		t.Fatalf("status --json of an offline, signed-out daemon:\n%s", out)
+	}
+	if _, ok := st["next_refresh"]; !ok {
+		t.Fatalf("status --json leaves out next_refresh:\n%s", out)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -225,7 +226,14 @@ func statusCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), st)
+				// protojson, not encoding/json: every field is printed (online = false, cached_tokens = 0 are answers,
+				// not absences) under its proto name, and timestamps as RFC 3339.
+				b, err := protojson.MarshalOptions{EmitUnpopulated: true, UseProtoNames: true, Multiline: true, Indent: "  "}.Marshal(st)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return err
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "agentidd %s (pid %d) on %s\n", st.GetVersion(), st.GetPid(), st.GetEndpoint())

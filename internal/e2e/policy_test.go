@@ -90,7 +90,7 @@ func TestManagedPolicyNarrowsLive(t *testing.T) {
 	if _, err := c.Agent.GetToken(context.Background(), req); status.Code(err) != codes.PermissionDenied || client.Reason(err) != "POLICY" {
 		t.Errorf("GetToken for the dropped resource: %v / %q, want PermissionDenied / POLICY", err, client.Reason(err))
 	}
-	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != nil { // protojson leaves out a zero count
+	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != float64(0) {
 		t.Errorf("cached tokens after the policy dropped their resource: %v, want 0", st["cached_tokens"])
 	}
 	// The 1h grant now ends within the 10-minute cap.
@@ -109,7 +109,7 @@ func TestManagedPolicyNarrowsLive(t *testing.T) {
 	// Nothing for the dropped resource survives a restart either.
 	e.stopDaemon()
 	e.startDaemon()
-	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != nil {
+	if st, _ := lifecycleStatus(t, e); st["cached_tokens"] != float64(0) {
 		t.Errorf("cached tokens restored after a restart: %v, want 0", st["cached_tokens"])
 	}
 }
