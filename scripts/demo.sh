@@ -9,9 +9,12 @@ BIN=$(cd "$BIN" && pwd)
 WORK=$(mktemp -d /tmp/agentidd-demo.XXXXXX)
 chmod 700 "$WORK"
 PIDS=()
+INTERRUPTED=
 cleanup() {
 	local rc=$?
-	if [ $rc -ne 0 ] && [ -d "$WORK" ]; then
+	if [ -n "$INTERRUPTED" ]; then
+		echo "demo interrupted; stopping what it started" >&2
+	elif [ $rc -ne 0 ] && [ -d "$WORK" ]; then
 		echo "demo failed (exit $rc); daemon log:" >&2
 		tail -20 "$WORK/daemon.log" >&2 2>/dev/null || true
 		cat "$WORK/agent.out" >&2 2>/dev/null || true
@@ -21,7 +24,10 @@ cleanup() {
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+trap 'INTERRUPTED=1; exit 130' INT TERM
+# Bold headings on a terminal only: escape codes in a log or a pipe are noise.
+if [ -t 1 ]; then BOLD=$'\033[1m' PLAIN=$'\033[0m'; else BOLD='' PLAIN=''; fi
+say() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 json_field() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" "$2"; }
 wait_for() { # wait_for SECONDS CMD...: poll until CMD succeeds
 	local deadline=$((SECONDS + $1)); shift
@@ -105,7 +111,16 @@ say "7. The same request again is served from the daemon's cache"
 head -1 "$WORK/agent2.out"
 
 say "8. Audit: one two-principal record per decision, hash-chained"
-"$BIN/agentidd" audit tail -n 3
+# One line per record here (the user the data belongs to, the agent that acted); the full JSON of the last one below.
+"$BIN/agentidd" audit tail -n 3 >"$WORK/audit.out"
+while IFS= read -r rec; do
+	field() { printf '%s' "$rec" | sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+	printf '  #%s %-16s %s  user %s  agent %s%s\n' "$(printf '%s' "$rec" | sed -n 's/^{"seq":\([0-9]*\).*/\1/p')" \
+		"$(field event)" "$(field outcome)" "$(field upn)" "$(field name)" \
+		"$(src=$(field source); [ -n "$src" ] && printf '  via %s' "$src")"
+done <"$WORK/audit.out"
+echo "  last record in full:"
+tail -1 "$WORK/audit.out" | sed 's/^/    /'
 "$BIN/agentidd" audit verify
 
 say "9. Stop everything"
