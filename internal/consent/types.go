@@ -63,6 +63,7 @@ const (
 // whatever later reuses its PID. 0 means unknown.
 type Process struct {
 	PID, PPID    int
+	UID          int
 	ExePath      string
 	SHA256Prefix string
 	StartTime    uint64

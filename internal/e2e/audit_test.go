@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/agentidd/agentidd/client"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -175,5 +177,42 @@ func TestAuditRotation(t *testing.T) {
 	// More than one answer holds is capped at the limit, not cut to the default 20.
 	if out := e.cli("audit", "tail", "-n", "5000"); strings.Count(out, "\n") != 1000 {
 		t.Errorf("audit tail -n 5000 printed %d lines, want 1000", strings.Count(out, "\n"))
+	}
+}
+
+// TestAuditRecordsWhoAsked: a request for an agent the config does not have is recorded with the name asked for, and
+// a consent approval names the requesting process's uid like a token record does.
+func TestAuditRecordsWhoAsked(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.login()
+	c := e.conn()
+	if _, err := c.Token(context.Background(), "no-such-agent", []string{emutest.ResourceScopeRead}); client.Reason(err) != "UNKNOWN_AGENT" {
+		t.Fatalf("unknown agent: %v", err)
+	}
+	e.tokenWithApproval(c, emutest.ResourceScopeRead)
+	events := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(e.cli("audit", "tail", "-n", "20")), "\n") {
+		var r struct {
+			Event  string `json:"event"`
+			Reason string `json:"reason"`
+			Agent  struct {
+				Name string `json:"name"`
+			} `json:"agent"`
+			Peer struct {
+				UID string `json:"uid"`
+			} `json:"peer"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		switch {
+		case r.Event == "token.denied" && r.Reason == "UNKNOWN_AGENT":
+			events["unknown"] = r.Agent.Name == "no-such-agent"
+		case r.Event == "consent.approved":
+			events["approved"] = r.Peer.UID == strconv.Itoa(os.Getuid())
+		}
+	}
+	if !events["unknown"] || !events["approved"] {
+		t.Fatalf("audit records (true = names who asked): %v\n%s", events, e.cli("audit", "tail", "-n", "20"))
 	}
 }
