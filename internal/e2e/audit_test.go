@@ -6,13 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"github.com/agentidd/agentidd/client"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
 )
 
