@@ -55,6 +55,10 @@ func (f *fakeAdmin) Status(context.Context, *agentidv1.StatusRequest) (*agentidv
 	return &agentidv1.StatusResponse{Pid: 4242, Degraded: "the state file could not be read"}, nil
 }
 
+func (f *fakeAdmin) Logout(context.Context, *agentidv1.LogoutRequest) (*agentidv1.LogoutResponse, error) {
+	return &agentidv1.LogoutResponse{}, nil // nobody signed in
+}
+
 func (f *fakeAdmin) ResetConsent(context.Context, *agentidv1.ResetConsentRequest) (*agentidv1.ResetConsentResponse, error) {
 	return &agentidv1.ResetConsentResponse{}, nil
 }
@@ -322,5 +326,30 @@ func TestStatusJSONPrintsEveryField(t *testing.T) {
 	}
 	if _, ok := st["next_refresh"]; !ok {
 		t.Fatalf("status --json leaves out next_refresh:\n%s", out)
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, err := runCLI(t, "", "--version")
+	if err != nil || !strings.HasPrefix(out, "agentidd version dev") {
+		t.Fatalf("--version: %v\n%s", err, out)
+	}
+}
+
+// logout and secret rm said "Signed out" and "removed" when there was nothing to sign out or remove.
+func TestNothingToUndoIsSaid(t *testing.T) {
+	sock := fakeDaemon(t, &fakeAdmin{})
+	if out, err := runCLI(t, "", "--socket", sock, "logout"); err != nil || !strings.Contains(out, "Nobody was signed in") {
+		t.Errorf("logout with nobody signed in: %v\n%s", err, out)
+	}
+	cfgPath, _ := writeConfig(t)
+	if out, err := runCLI(t, "", "--config", cfgPath, "secret", "rm"); err != nil || !strings.Contains(out, "nothing stored under") {
+		t.Errorf("secret rm with nothing stored: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "s3cret", "--config", cfgPath, "secret", "set"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI(t, "", "--config", cfgPath, "secret", "rm"); err != nil || !strings.Contains(out, "removed blueprint/") {
+		t.Errorf("secret rm of a stored credential: %v\n%s", err, out)
 	}
 }

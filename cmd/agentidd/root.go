@@ -42,6 +42,7 @@ func newRoot() *cobra.Command {
 		Short:         "Per-user daemon that gives local AI agents their own, auditable Entra Agent ID tokens",
 		SilenceUsage:  true,
 		SilenceErrors: false,
+		Version:       daemon.VersionString(),
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "", "config file (default $AGENTIDD_CONFIG or the user config dir)")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "daemon endpoint (default $AGENTIDD_SOCKET, the config's socket, or the per-user default)")
@@ -207,6 +208,10 @@ func logoutCmd(g *globals) *cobra.Command {
 			resp, err := c.Admin.Logout(cmd.Context(), &agentidv1.LogoutRequest{})
 			if err != nil {
 				return err
+			}
+			if !resp.GetSignedOut() {
+				fmt.Fprintln(cmd.OutOrStdout(), "Nobody was signed in.")
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Signed out; %d cached token(s) purged.\n", resp.GetPurgedTokens())
 			return nil

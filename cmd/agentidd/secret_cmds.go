@@ -240,10 +240,20 @@ func secretCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			found := false
 			for _, n := range []string{name, name + daemon.PreviousSecretSuffix} {
+				if _, err := s.Get(n); err == nil {
+					found = true
+				} else if !errors.Is(err, platform.ErrSecretNotFound) {
+					return err
+				}
 				if err := s.Delete(n); err != nil {
 					return err
 				}
+			}
+			if !found {
+				fmt.Fprintf(cmd.OutOrStdout(), "nothing stored under %s\n", name)
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", name)
 			return nil

@@ -84,7 +84,7 @@ func (a *admin) Status(ctx context.Context, _ *agentidv1.StatusRequest) (*agenti
 	d.sec.pokeProbe()
 	st := d.cache.Stats()
 	out := &agentidv1.StatusResponse{
-		Version: Version, Pid: int32(osPID()), Endpoint: d.endpoint, Online: st.Online, LastIdpErrorClass: st.LastErrorClass,
+		Version: VersionString(), Pid: int32(osPID()), Endpoint: d.endpoint, Online: st.Online, LastIdpErrorClass: st.LastErrorClass,
 		CachedTokens: int32(st.Entries), Authority: d.config().Authority, Degraded: d.broker.Degraded(),
 		PendingConsents: int32(len(d.consent.Pending())), Grants: int32(len(d.consent.Grants())),
 	}
@@ -133,7 +133,7 @@ func (a *admin) Logout(ctx context.Context, _ *agentidv1.LogoutRequest) (*agenti
 	d := a.d
 	acct := d.idp.Account()
 	if acct == nil {
-		return &agentidv1.LogoutResponse{}, nil
+		return &agentidv1.LogoutResponse{}, nil // signed_out false: nobody was signed in
 	}
 	// Sign out first, then purge: with no account, no GetToken can mint a token for this user between the purge and
 	// the sign-out (a fetch already under way is discarded by the purge). Purge even when the sign-out failed: once
@@ -147,7 +147,7 @@ func (a *admin) Logout(ctx context.Context, _ *agentidv1.LogoutRequest) (*agenti
 		return nil, status.Error(codes.Internal, logoutErr.Error())
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventSignOut, Outcome: audit.OutcomeOK, User: audit.User{OID: acct.OID, UPN: acct.UPN}})
-	return &agentidv1.LogoutResponse{PurgedTokens: int32(n)}, nil
+	return &agentidv1.LogoutResponse{PurgedTokens: int32(n), SignedOut: true}, nil
 }
 
 func (a *admin) ListAgents(context.Context, *agentidv1.ListAgentsRequest) (*agentidv1.ListAgentsResponse, error) {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,8 +39,33 @@ import (
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
-// Version is set by the linker.
+// Version is set by the linker for a release; a build from a checkout says "dev" and the commit (VersionString).
 var Version = "dev"
+
+// VersionString is Version, and for a "dev" build the VCS revision Go recorded in the binary (with "+dirty" when the
+// tree had uncommitted changes), so a bug report names the code it ran.
+func VersionString() string {
+	if Version != "dev" {
+		return Version
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return Version
+	}
+	var rev, dirty string
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 12:
+			rev = s.Value[:12]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "+dirty"
+		}
+	}
+	if rev == "" {
+		return Version
+	}
+	return Version + " (" + rev + dirty + ")"
+}
 
 // maxRequestBytes bounds one request message: a GetTokenRequest is well under 16 KiB even with a claims challenge.
 const maxRequestBytes = 64 << 10
@@ -251,7 +277,7 @@ func run(ctx context.Context, o Options) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	d.log.Info("agentidd is serving", "endpoint", endpoint, "pid", os.Getpid(), "version", Version)
+	d.log.Info("agentidd is serving", "endpoint", endpoint, "pid", os.Getpid(), "version", VersionString())
 
 	restart := false
 	select {

@@ -1269,6 +1269,7 @@ func (*LogoutRequest) Descriptor() ([]byte, []int) {
 type LogoutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PurgedTokens  int32                  `protobuf:"varint,1,opt,name=purged_tokens,json=purgedTokens,proto3" json:"purged_tokens,omitempty"`
+	SignedOut     bool                   `protobuf:"varint,2,opt,name=signed_out,json=signedOut,proto3" json:"signed_out,omitempty"` // false when nobody was signed in
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1308,6 +1309,13 @@ func (x *LogoutResponse) GetPurgedTokens() int32 {
 		return x.PurgedTokens
 	}
 	return 0
+}
+
+func (x *LogoutResponse) GetSignedOut() bool {
+	if x != nil {
+		return x.SignedOut
+	}
+	return false
 }
 
 type Agent struct {
@@ -2442,9 +2450,11 @@ const file_agentid_v1_agentid_proto_rawDesc = "" +
 	"\tuser_code\x18\x03 \x01(\tR\buserCode\x12\x19\n" +
 	"\buser_upn\x18\x04 \x01(\tR\auserUpn\x12\x19\n" +
 	"\buser_oid\x18\x05 \x01(\tR\auserOid\"\x0f\n" +
-	"\rLogoutRequest\"5\n" +
+	"\rLogoutRequest\"T\n" +
 	"\x0eLogoutResponse\x12#\n" +
-	"\rpurged_tokens\x18\x01 \x01(\x05R\fpurgedTokens\"q\n" +
+	"\rpurged_tokens\x18\x01 \x01(\x05R\fpurgedTokens\x12\x1d\n" +
+	"\n" +
+	"signed_out\x18\x02 \x01(\bR\tsignedOut\"q\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x15\n" +
 	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12!\n" +
