@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/status"
+
 	"github.com/agentidd/agentidd/client"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
@@ -82,10 +84,14 @@ func decodeClaims(jwt string) (map[string]any, error) {
 	return claims, nil
 }
 
+// fail prints the daemon's own words (code, reason, message), not gRPC's "rpc error: code = ... desc = ..." wrapping.
 func fail(err error) {
 	msg := err.Error()
+	if st, ok := status.FromError(err); ok {
+		msg = st.Code().String() + ": " + st.Message()
+	}
 	if r := client.Reason(err); r != "" {
-		msg = r + ": " + msg
+		msg = r + " (" + msg + ")"
 	}
 	fmt.Fprintln(os.Stderr, "demo-agent:", msg)
 	os.Exit(1)
