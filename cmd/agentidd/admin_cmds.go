@@ -333,12 +333,16 @@ func resetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := daemon.ClearRefusal(cfg.StateDir); err != nil {
+			keptAt, err := daemon.ClearRefusal(cfg.StateDir)
+			if err != nil {
 				return err
 			}
-			if movedTo != "" {
+			switch {
+			case movedTo != "":
 				fmt.Fprintf(cmd.OutOrStdout(), "state reset; the old (now unreadable) file is at %s\n", movedTo)
-			} else {
+			case keptAt != "":
+				fmt.Fprintf(cmd.OutOrStdout(), "state reset; the unreadable file the daemon set aside is still at %s\n", keptAt)
+			default:
 				fmt.Fprintln(cmd.OutOrStdout(), "state reset (there was none)")
 			}
 			return nil

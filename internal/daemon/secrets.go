@@ -101,13 +101,17 @@ func writeRefusal(stateDir string, r *refusal) error {
 	return fsutil.WriteFileAtomic(refusalPath(stateDir), b, 0o600)
 }
 
-// ClearRefusal forgets a refused state file; `agentidd reset` calls it so that the next start begins empty.
-func ClearRefusal(stateDir string) error {
-	err := os.Remove(refusalPath(stateDir))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing %s: %w", refusalPath(stateDir), err)
+// ClearRefusal forgets a refused state file; `agentidd reset` calls it so that the next start begins empty. It returns
+// where the daemon kept the refused file, if it recorded that, so the user is told where their old state is.
+func ClearRefusal(stateDir string) (keptAt string, err error) {
+	if r, err := readRefusal(stateDir); err == nil && r != nil {
+		keptAt = r.MovedTo
 	}
-	return nil
+	err = os.Remove(refusalPath(stateDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("removing %s: %w", refusalPath(stateDir), err)
+	}
+	return keptAt, nil
 }
 
 // openStateGuarded opens the secret store and the encrypted state; it replaces openState. An unreachable or locked
@@ -133,7 +137,7 @@ func (d *Daemon) openStateGuarded(freshOnCorrupt bool) error {
 			return nil
 		}
 		d.log.Warn("the earlier unreadable state file no longer blocks the start", "why", why, "kept_at", r.MovedTo)
-		if err := ClearRefusal(d.cfg.StateDir); err != nil {
+		if _, err := ClearRefusal(d.cfg.StateDir); err != nil {
 			return err
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {

@@ -93,7 +93,7 @@ func TestOpenStateGuardedRefusesUntilTold(t *testing.T) {
 			}
 			if d.store == nil {
 				// A missing key looks the same before and after a reset: reset must clear the refusal itself.
-				if err := ClearRefusal(dir); err != nil {
+				if _, err := ClearRefusal(dir); err != nil {
 					t.Fatal(err)
 				}
 				d = secretsTestDaemon(dir)

@@ -366,7 +366,9 @@ func TestSecretsCorruptStateFile(t *testing.T) {
 			e.stopDaemon()
 
 			// Told: reset, then a normal start is fresh (signed out) and serves again.
-			e.cliInput("", "reset", "--yes")
+			if out := e.cliInput("", "reset", "--yes"); !strings.Contains(out, aside[0]) {
+				t.Errorf("reset does not say where the unreadable file is kept:\n%s", out)
+			}
 			e.startDaemon()
 			st = e.cli("status")
 			if strings.Contains(st, "DEGRADED") || !strings.Contains(st, "signed in: no") {
