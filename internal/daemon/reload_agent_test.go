@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/agentidd/agentidd/client"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
@@ -41,9 +42,13 @@ func TestRemovingAnAgentKeepsItsTwinsGrant(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(strings.Replace(string(raw), twin, "", 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Poll without a consent wait: a call that loaded the config just before the reload finds the twin's grant gone
+	// and would otherwise wait out its 10 s for a consent decision, past this loop's deadline.
+	poll := proto.Clone(twinReq).(*agentidv1.GetTokenRequest)
+	poll.ConsentWait = nil
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := c.Agent.GetToken(context.Background(), twinReq)
+		_, err := c.Agent.GetToken(context.Background(), poll)
 		if status.Code(err) == codes.NotFound {
 			break
 		}
