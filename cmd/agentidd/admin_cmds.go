@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/agentidd/agentidd/client"
@@ -293,7 +295,9 @@ func (g *globals) daemonRunning(ctx context.Context) (int32, bool) {
 	defer cancel()
 	st, err := c.Admin.Status(ctx, &agentidv1.StatusRequest{})
 	if err != nil {
-		return 0, false
+		// Any answer but "nothing there" is a daemon: one that refuses this CLI (an upgraded binary fails the admin
+		// gate's hash) or is slow to answer is still running and still has the state.
+		return 0, status.Code(err) != codes.Unavailable
 	}
 	return st.GetPid(), true
 }
@@ -313,7 +317,11 @@ func resetCmd(g *globals) *cobra.Command {
 			// The state file's lock shows a running daemon only when it opened the file: one serving degraded (it could
 			// not read the file) holds no lock, and a reset under it leaves it refusing everything until it restarts.
 			if pid, running := g.daemonRunning(cmd.Context()); running {
-				return fmt.Errorf("agentidd is running (pid %d on %s): stop it first (`agentidd service stop`, or end `agentidd run`)", pid, g.where())
+				who := "a daemon answers"
+				if pid > 0 {
+					who = fmt.Sprintf("pid %d", pid)
+				}
+				return fmt.Errorf("agentidd is running (%s on %s): stop it first (`agentidd service stop`, or end `agentidd run`)", who, g.where())
 			}
 			if !yes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "This resets %s: the sign-in, all grants and cached tokens. Type yes to continue: ", path)

@@ -295,10 +295,24 @@ func TestResetRefusesWhileADaemonAnswers(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(stateDir, "state.db")); err == nil {
 		t.Error("reset wrote a state file although it refused")
 	}
+	// A daemon that refuses this CLI (an upgraded binary fails the admin gate) is still a running daemon.
+	refusing := fakeDaemon(t, &refusingAdmin{})
+	if _, err := runCLI(t, "", "--config", cfgPath, "--socket", refusing, "reset", "--yes"); err == nil || !strings.Contains(err.Error(), "a daemon answers") {
+		t.Fatalf("reset with a daemon refusing Status: %v, want a refusal", err)
+	}
 	out, err := runCLI(t, "", "--config", cfgPath, "--socket", filepath.Join(shortTempDir(t), "none.sock"), "reset", "--yes")
 	if err != nil {
 		t.Fatalf("reset with no daemon: %v\n%s", err, out)
 	}
+}
+
+// refusingAdmin answers every call PERMISSION_DENIED, as the admin gate does to a binary other than the daemon's.
+type refusingAdmin struct {
+	agentidv1.UnimplementedAdminServer
+}
+
+func (refusingAdmin) Status(context.Context, *agentidv1.StatusRequest) (*agentidv1.StatusResponse, error) {
+	return nil, status.Error(codes.PermissionDenied, "not the agentidd binary")
 }
 
 // A degraded daemon refuses login, so status must not tell the user to run it.

@@ -105,24 +105,35 @@ func runExec(ctx context.Context, g *globals, agent string, scopes []string, wai
 	if err := child.Start(); err != nil {
 		return 0, fmt.Errorf("starting %s: %w", args[0], err)
 	}
+	done := make(chan error, 1)
+	go func() { done <- child.Wait() }()
 	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	reg, err := conn.Admin.RegisterLaunch(regCtx, &agentidv1.RegisterLaunchRequest{Agent: agent, RootPid: int32(child.Process.Pid)})
 	cancel()
 	if err != nil {
-		_ = child.Process.Kill()
-		_ = child.Wait()
-		if status.Code(err) == codes.FailedPrecondition && child.ProcessState.Exited() {
-			// The command finished before it could be registered (`agentidd exec -- true`): it ran, without the agent's
-			// credentials, and its exit code is the answer.
-			return exitCode(child.ProcessState), nil
+		// Whether the command had ended on its own is decided before anything is killed: after a Kill every process
+		// looks "exited" on Windows. FAILED_PRECONDITION is the daemon finding no such process: give the reaper a
+		// moment to see the exit.
+		grace := time.Duration(0)
+		if status.Code(err) == codes.FailedPrecondition {
+			grace = time.Second
+		}
+		select {
+		case <-done:
+			if status.Code(err) == codes.FailedPrecondition {
+				// The command finished before it could be registered (`agentidd exec -- true`): it ran, without the
+				// agent's credentials, and its exit code is the answer.
+				return exitCode(child.ProcessState), nil
+			}
+		case <-time.After(grace):
+			_ = child.Process.Kill()
+			<-done
 		}
 		return 0, fmt.Errorf("registering %s with agentidd as agent %s: %w", args[0], agent, explain(err, endpoint))
 	}
 	launchID = reg.GetLaunchId()
 	mi.Bind(child.Process.Pid)
 
-	done := make(chan error, 1)
-	go func() { done <- child.Wait() }()
 loop:
 	for {
 		select {
