@@ -91,9 +91,13 @@ type PeerInfo struct {
 	SID           string
 	StartTime     uint64
 	// ExeDev and ExeIno name the file the process ran when it was accepted (Linux: a stat of /proc/<pid>/exe; macOS: of
-	// the file proc_pidpath names; zero where unknown). A process that connects, hands the socket to a child and then execs a bound agent keeps its pid
-	// and start time; this is what gives it away.
+	// the file proc_pidpath names; zero where the OS records nothing). A process that connects, hands the socket to a
+	// child and then execs a bound agent keeps its pid and start time; this is what gives it away.
 	ExeDev, ExeIno uint64
+	// ExeUnread: the OS records the executable at accept, but it could not be read. A process can arrange that on
+	// purpose (non-dumpable on Linux, its executable deleted on macOS) and exec a bound agent afterwards, so the broker
+	// treats it as having executed.
+	ExeUnread bool
 
 	credentials.CommonAuthInfo
 

@@ -85,9 +85,10 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 		}},
 	}
 	// Read after the start time and checked against it again: a pid reused in between cannot lend its executable.
+	p.ExeUnread = true
 	if exe, err := pidpath.Path(pid); err == nil {
 		if dev, ino, err := pidpath.FileID(exe); err == nil && p.live.alive() == nil {
-			p.ExeDev, p.ExeIno = dev, ino
+			p.ExeDev, p.ExeIno, p.ExeUnread = dev, ino, false
 		}
 	}
 	return p, nil

@@ -93,6 +93,8 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 	var st unix.Stat_t
 	if unix.Stat("/proc/"+strconv.Itoa(p.PID)+"/exe", &st) == nil && p.live.alive() == nil {
 		p.ExeDev, p.ExeIno = st.Dev, st.Ino
+	} else {
+		p.ExeUnread = true
 	}
 	return p, nil
 }

@@ -138,6 +138,11 @@ const maxApproverAncestry = 64
 func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Process, attest.Result, error) {
 	k := attestKey{pid: peer.PID, startTime: peer.StartTime, agent: agent.Name}
 	if e, ok := b.attested.get(k); ok {
+		// The key survives an exec, so a decision made for the program the process runs now (on another connection)
+		// must not cover a connection it accepted before the exec: compare what each connection recorded.
+		if ExecutedSinceAccept(peer, e.proc) {
+			return e.proc, attest.Result{}, errExecutedSinceAccept
+		}
 		return e.proc, e.res, nil
 	}
 	gen := b.attested.generation()
@@ -149,8 +154,7 @@ func (b *Broker) attest(peer *ipc.PeerInfo, agent config.Agent) (platform.Proces
 		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonPeerGone, "the calling process's PID was reused", 0, nil)
 	}
 	if ExecutedSinceAccept(peer, proc) {
-		return proc, attest.Result{}, rpcError(codes.PermissionDenied, ReasonNotAttested,
-			"the process that connected has started another program since: connect again from the agent itself", 0, nil)
+		return proc, attest.Result{}, errExecutedSinceAccept
 	}
 	res, err := b.attestor.Attest(proc, toAttestAgent(agent))
 	if err != nil {
@@ -173,10 +177,18 @@ func toAttestAgent(a config.Agent) attest.Agent {
 	return out
 }
 
-// ExecutedSinceAccept reports whether the process that connected runs another file now than when it was accepted
-// (where both are known). Its pid and start time survive an exec, so without this a process could connect, hand the
-// socket to a child and exec a bound agent (or agentidd itself) for the child to be taken for it.
+var errExecutedSinceAccept = rpcError(codes.PermissionDenied, ReasonNotAttested,
+	"the process that connected may have started another program since (or its executable could not be read when it connected): connect again from the agent itself", 0, nil)
+
+// ExecutedSinceAccept reports whether the process that connected may run another program now than when it was
+// accepted: it runs another file, or the OS records the executable at accept and it could not be read then (which a
+// process can arrange on purpose). Its pid and start time survive an exec, so without this a process could connect,
+// hand the socket to a child and exec a bound agent (or agentidd itself) for the child to be taken for it. Where the
+// OS records nothing (Windows), it reports false.
 func ExecutedSinceAccept(peer *ipc.PeerInfo, proc platform.Process) bool {
+	if peer.ExeUnread {
+		return true
+	}
 	if peer.ExeIno == 0 || proc.ImageID == (platform.FileID{}) {
 		return false
 	}

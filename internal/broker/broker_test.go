@@ -87,6 +87,12 @@ type fixture struct {
 
 func newFixture(tb testing.TB) *fixture {
 	tb.Helper()
+	return newFixtureWith(tb, fakeInspector{})
+}
+
+// newFixtureWith is newFixture with the processes described by ins.
+func newFixtureWith(tb testing.TB, ins platform.ProcessInspector) *fixture {
+	tb.Helper()
 	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
 		RateLimit: 1e9, Burst: 1e9,
 		Agents: []config.Agent{{Name: testAgent, AppID: testAppID, Bindings: []config.Binding{{Exe: testExe, SHA256: testHash}}}}}
@@ -102,7 +108,7 @@ func newFixture(tb testing.TB) *fixture {
 	f := &fixture{idp: &fakeIdP{}}
 	var b *Broker
 	f.c = cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
-	b = New(Options{Config: cfg, IdP: f.idp, Cache: f.c, Consent: cm, Audit: log, Attestor: attest.New(fakeInspector{}), Inspector: fakeInspector{}})
+	b = New(Options{Config: cfg, IdP: f.idp, Cache: f.c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
 	f.b = b
 	// Approve once, through the same path a user takes.
 	_, err = b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
@@ -429,6 +435,41 @@ func TestExecutedSinceAccept(t *testing.T) {
 	unknown := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
 	if ExecutedSinceAccept(unknown, platform.Process{ImageID: platform.FileID{Dev: 1, Ino: 200}}) {
 		t.Error("a peer whose exe was not recorded counts as having executed")
+	}
+	unread := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+	unread.ExeUnread = true // non-dumpable at connect, say, then exec'd the bound agent
+	if !ExecutedSinceAccept(unread, platform.Process{ImageID: platform.FileID{Dev: 1, Ino: 100}}) {
+		t.Error("a peer whose exe could not be read at accept counts as the program it runs now")
+	}
+}
+
+// imageInspector is fakeInspector with the running image's identity, as Linux and macOS report it.
+type imageInspector struct{ fakeInspector }
+
+var boundImage = platform.FileID{Dev: 1, Ino: 100}
+
+func (i imageInspector) Inspect(pid int) (platform.Process, error) {
+	p, err := i.fakeInspector.Inspect(pid)
+	p.ImageID = boundImage
+	return p, err
+}
+
+// TestCachedAttestationDoesNotCoverAnEarlierConnection: a process connects (conn 1) while it runs an unbound program,
+// hands that connection to a child, execs the bound agent and asks on a new connection (conn 2), which attests and
+// fills the cache for its pid and start time. Conn 1 must not ride on that cached decision.
+func TestCachedAttestationDoesNotCoverAnEarlierConnection(t *testing.T) {
+	f := newFixtureWith(t, imageInspector{}) // its approval came over a connection of the bound agent
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	agentConn := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+	agentConn.ExeDev, agentConn.ExeIno = boundImage.Dev, boundImage.Ino
+	if _, err := f.b.GetToken(ipc.ContextWithPeerForTest(context.Background(), agentConn), req); err != nil {
+		t.Fatalf("the bound agent's own connection: %v", err)
+	}
+	earlier := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+	earlier.ExeDev, earlier.ExeIno = 1, 50 // what the process ran when this connection was accepted
+	_, err := f.b.GetToken(ipc.ContextWithPeerForTest(context.Background(), earlier), req)
+	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != ReasonNotAttested {
+		t.Fatalf("a connection accepted before the exec: %v, want PERMISSION_DENIED/NOT_ATTESTED", err)
 	}
 }
 

@@ -40,7 +40,7 @@ func (d *Daemon) checkAdminPeer(ctx context.Context) error {
 		return status.Error(codes.PermissionDenied, "the calling process's PID was reused")
 	}
 	if broker.ExecutedSinceAccept(peer, proc) {
-		return status.Error(codes.PermissionDenied, "the process that connected has started another program since")
+		return status.Error(codes.PermissionDenied, "the process that connected may have started another program since (or its executable could not be read when it connected)")
 	}
 	exe, _ := filepath.EvalSymlinks(proc.ExePath)
 	if exe != d.selfExe {
