@@ -366,7 +366,7 @@ func (b *Broker) consentRequest(c *call) consent.Request {
 		AgentName: c.agent.Name, AgentAppID: c.agent.AppID, AgentDisplayName: c.agent.DisplayName,
 		Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes, TaskID: c.req.taskID,
 		Justification: c.req.justification, Chain: chain, ParentGrantID: c.req.parentGrantID,
-		Process: consent.Process{PID: c.proc.PID, PPID: c.proc.PPID, UID: c.peer.UID, ExePath: c.proc.ExePath, SHA256Prefix: prefix(c.via.SHA256), StartTime: c.proc.StartTime},
+		Process: consent.Process{PID: c.proc.PID, PPID: c.proc.PPID, User: peerUser(c.peer), ExePath: c.proc.ExePath, SHA256Prefix: prefix(c.via.SHA256), StartTime: c.proc.StartTime},
 	}
 }
 
@@ -576,6 +576,14 @@ func (b *Broker) auditDenied(c *call, err error) {
 // maxAuditedName bounds an agent name recorded for an unknown agent: the caller chose it.
 const maxAuditedName = 128
 
+// peerUser names the OS user of a peer for the audit log: the SID on Windows, the uid elsewhere.
+func peerUser(p *ipc.PeerInfo) string {
+	if p.SID != "" {
+		return p.SID
+	}
+	return strconv.Itoa(p.UID)
+}
+
 func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token) audit.Record {
 	r := audit.Record{Event: event, Outcome: outcome, Reason: reason, Mode: c.req.mode, Resource: c.req.resource, Scopes: c.req.scopes,
 		GrantID: c.grant.ID, Chain: c.grant.Chain, TaskID: c.req.taskID, RunID: c.req.runID}
@@ -583,11 +591,12 @@ func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token
 		r.User = audit.User{OID: c.user.OID, UPN: c.user.UPN}
 	}
 	r.Agent = audit.Agent{AppID: c.agent.AppID, Name: c.agent.Name}
-	if r.Agent.Name == "" && len(c.req.agent) <= maxAuditedName {
-		r.Agent.Name = c.req.agent // an unknown agent: the record says which name was asked for
+	if reason == ReasonUnknownAgent && len(c.req.agent) <= maxAuditedName {
+		// The name passed parseRequest's checks (printable, bounded); the record says which one was asked for.
+		r.Agent.Name = c.req.agent
 	}
 	if c.peer != nil {
-		r.Peer = audit.Peer{PID: c.peer.PID, UID: strconv.Itoa(c.peer.UID), Exe: c.proc.ExePath, SHA256: prefix(c.via.SHA256)}
+		r.Peer = audit.Peer{PID: c.peer.PID, UID: peerUser(c.peer), Exe: c.proc.ExePath, SHA256: prefix(c.via.SHA256)}
 	}
 	if tok != nil {
 		r.Token = audit.TokenRef{SHA256: tok.Fingerprint, ExpiresAt: tok.ExpiresAt}

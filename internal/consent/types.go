@@ -62,8 +62,9 @@ const (
 // whole life, so a task-bound grant can follow that process and not
 // whatever later reuses its PID. 0 means unknown.
 type Process struct {
-	PID, PPID    int
-	UID          int
+	PID, PPID int
+	// User is the requesting process's OS user as the audit log names it (uid, or the SID on Windows).
+	User         string
 	ExePath      string
 	SHA256Prefix string
 	StartTime    uint64

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -375,7 +374,7 @@ func (d *Daemon) onConsentDecision(dec consent.Decision) {
 	r := audit.Record{Event: audit.EventConsentDenied, Outcome: audit.OutcomeDenied, Reason: dec.Reason, RequestID: dec.Request.ID,
 		User: audit.User{OID: dec.Request.UserOID, UPN: dec.Request.UserUPN}, Agent: audit.Agent{AppID: dec.Request.AgentAppID, Name: dec.Request.AgentName},
 		Chain: dec.Request.Chain, Mode: dec.Request.Mode, Resource: dec.Request.Resource, Scopes: dec.Request.Scopes,
-		Peer: audit.Peer{PID: dec.Request.Process.PID, UID: strconv.Itoa(dec.Request.Process.UID), Exe: dec.Request.Process.ExePath,
+		Peer: audit.Peer{PID: dec.Request.Process.PID, UID: dec.Request.Process.User, Exe: dec.Request.Process.ExePath,
 			SHA256: dec.Request.Process.SHA256Prefix}}
 	if dec.Allowed {
 		r.Event, r.Outcome = audit.EventConsentApproved, audit.OutcomeOK
