@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -152,7 +151,7 @@ func TestSocketPermissionsAndOtherUID(t *testing.T) {
 	}
 	// rawdial skips the client library's own same-user check, so what answers is the daemon's uid check.
 	cmd := exec.Command(filepath.Join(filepath.Dir(e.demo), "rawdial"), e.socket, "demo-agent", emutest.ResourceScopeRead)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	asNobody(cmd)
 	out, err := cmd.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "PermissionDenied" {
 		t.Fatalf("client as uid 65534: err=%v output=%s", err, out)
