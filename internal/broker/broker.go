@@ -175,6 +175,12 @@ func New(o Options) *Broker {
 	return b
 }
 
+// AgentConfigured reports whether the local agent (name and agent identity) is in the configuration in force.
+func (b *Broker) AgentConfigured(name, agentAppID string) bool {
+	a, ok := b.cfg.Load().Agent(name)
+	return ok && a.AppID == agentAppID
+}
+
 // SetConfig swaps the configuration (live reload). Agents removed from it are purged by the daemon, not here.
 // The rate limiter is rebuilt only when its settings change: a reload that touches something else must not refill
 // every agent's bucket.
@@ -380,6 +386,8 @@ func consentError(err error) error {
 		// Before the denial case: the user was never asked, so "denied" would mislead.
 		return rpcError(codes.ResourceExhausted, ReasonRateLimited,
 			"this agent already has too many consent requests waiting for the user; retry after they are answered", 30*time.Second, nil)
+	case errors.Is(err, consent.ErrNotConfigured):
+		return rpcError(codes.NotFound, ReasonUnknownAgent, "this agent was removed from the agentidd config", 0, nil)
 	case errors.As(err, &pending):
 		return rpcError(codes.FailedPrecondition, ReasonConsentPending,
 			"waiting for the user to approve this agent: run `agentidd consent watch` or answer the prompt",

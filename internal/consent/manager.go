@@ -224,6 +224,11 @@ func (m *Manager) Check(ctx context.Context, req Request, wait time.Duration) (G
 	k := key(req)
 	p, joined := m.pending[k]
 	if !joined {
+		if m.o.Configured != nil && !m.o.Configured(req.AgentName, req.AgentAppID) {
+			m.mu.Unlock()
+			m.revokedBoth(expired, orphaned)
+			return Grant{}, &DeniedError{Err: ErrNotConfigured, Reason: fmt.Sprintf("agent %q is no longer in the agentidd config", req.AgentName)}
+		}
 		if n := m.openByAgentLocked(req); n >= maxPendingPerAgent {
 			m.mu.Unlock()
 			m.revokedBoth(expired, orphaned)
@@ -706,12 +711,14 @@ func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 // disabled), of every local agent that shares the app id: the caller knows
 // only the identity, and ending too much costs a prompt, not a leak.
 func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
+	m.cancelOpen(func(r Request) bool { return r.AgentAppID == agentAppID }, reason)
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentAppID == agentAppID }, reason)
 }
 
 // RevokeLocalAgent revokes the grants of one configured agent (name and agent identity), leaving any other local agent
 // that shares the identity its own.
 func (m *Manager) RevokeLocalAgent(name, agentAppID, reason string) []Grant {
+	m.cancelOpen(func(r Request) bool { return r.AgentName == name && r.AgentAppID == agentAppID }, reason)
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentName == name && g.AgentAppID == agentAppID }, reason)
 }
 
@@ -722,18 +729,25 @@ func (m *Manager) EndTask(taskID string, agents map[string]bool) []Grant {
 	if taskID == "" {
 		return nil
 	}
+	m.cancelOpen(func(r Request) bool { return r.TaskID == taskID && agents[r.AgentName] }, "task ended")
+	return m.revokeWhere(func(g *Grant) bool { return g.TaskID == taskID && agents[g.AgentName] }, ReasonTaskEnded)
+}
+
+// cancelOpen settles the open requests that match as not given (nothing remembered): no prompt or terminal approval
+// can grant them any more, and their waiters are told why. The revocations above call it first, so that an agent whose
+// grants end (removed from the config, its task over) cannot be granted again through a prompt still open.
+func (m *Manager) cancelOpen(match func(Request) bool, reason string) {
 	m.mu.RLock()
 	var open []*pending
 	for _, p := range m.byID {
-		if p.req.TaskID == taskID && agents[p.req.AgentName] {
+		if match(p.req) {
 			open = append(open, p)
 		}
 	}
 	m.mu.RUnlock()
 	for _, p := range open {
-		_, _ = m.settle(p, outcome{via: "cancelled", reason: "task ended"})
+		_, _ = m.settle(p, outcome{via: "cancelled", reason: reason})
 	}
-	return m.revokeWhere(func(g *Grant) bool { return g.TaskID == taskID && agents[g.AgentName] }, ReasonTaskEnded)
 }
 
 func (m *Manager) revokeWhere(match func(*Grant) bool, reason string) []Grant {

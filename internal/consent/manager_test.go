@@ -754,3 +754,52 @@ func BenchmarkCheckCovered(b *testing.B) {
 		}
 	}
 }
+
+// Revoking an agent's grants (it left the config, say) also closes its open requests: approving one afterwards must
+// not grant a removed agent, and its waiters learn why at once.
+func TestRevokeLocalAgentClosesItsOpenRequests(t *testing.T) {
+	m, _ := newTestManager(t, Options{})
+	r := baseReq()
+	waited := make(chan error, 1)
+	go func() {
+		_, err := m.Check(context.Background(), r, time.Minute)
+		waited <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(m.Pending()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no request opened")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	id := m.Pending()[0].ID
+	other := baseReq()
+	other.AgentName = "twin"
+	_, err := m.Check(context.Background(), other, 0)
+	mustPending(t, err)
+
+	m.RevokeLocalAgent(r.AgentName, r.AgentAppID, "agent removed from the config")
+	var denied *DeniedError
+	if err := <-waited; !errors.As(err, &denied) || denied.Remembered || !strings.Contains(err.Error(), "agent removed") {
+		t.Fatalf("waiter after the revocation: %v, want a not-remembered DeniedError naming the reason", err)
+	}
+	if _, err := m.Decide(id, true, time.Hour, ""); !errors.Is(err, ErrNoSuchRequest) {
+		t.Fatalf("approving the closed request: %v, want ErrNoSuchRequest", err)
+	}
+	if p := m.Pending(); len(p) != 1 || p[0].AgentName != "twin" {
+		t.Fatalf("pending after revoking one agent: %+v, want only the twin's", p)
+	}
+}
+
+// A request for an agent the config no longer has is refused, not opened (Options.Configured).
+func TestCheckRefusesAnAgentNoLongerConfigured(t *testing.T) {
+	m, _ := newTestManager(t, Options{Configured: func(name, appID string) bool { return name != "files-helper" }})
+	_, err := m.Check(context.Background(), baseReq(), time.Minute)
+	var denied *DeniedError
+	if !errors.As(err, &denied) || !errors.Is(err, ErrNotConfigured) || denied.Remembered {
+		t.Fatalf("request for a removed agent: %v, want a not-remembered denial wrapping ErrNotConfigured", err)
+	}
+	if p := m.Pending(); len(p) != 0 {
+		t.Fatalf("a request was opened for a removed agent: %+v", p)
+	}
+}

@@ -197,7 +197,12 @@ type Options struct {
 	// any goroutine, even before WatchExit returns. Grants restored from disk
 	// are watched again when ExpireLoop starts, once the daemon is wired.
 	WatchExit func(pid int, start uint64, onExit func()) (stop func())
-	Log       *slog.Logger
+	// Configured, when set, reports whether a local agent (name and app id) is in the config now. A request for one
+	// that is not is refused instead of opened: a call that read the config just before the agent was removed must
+	// not leave a prompt that would grant a removed agent. It is called with the Manager's lock held, so it must not
+	// call back into the Manager.
+	Configured func(name, agentAppID string) bool
+	Log        *slog.Logger
 }
 
 // Errors.
@@ -214,6 +219,9 @@ var (
 	// maxPendingPerAgent open: a denial to the caller, since the user was not
 	// asked, and callers that only know *DeniedError refuse it as such.
 	ErrTooManyPending = errors.New("consent: too many consent requests from this agent are waiting for the user")
+	// ErrNotConfigured is wrapped by the *DeniedError (not remembered) of a request for an agent that Options.Configured
+	// says is no longer in the config.
+	ErrNotConfigured = errors.New("consent: the agent is no longer in the config")
 )
 
 // PendingError means the user has not answered yet. The caller may retry

@@ -216,8 +216,10 @@ func run(ctx context.Context, o Options) error {
 		OnRevoke:     d.onGrantRevoked,
 		OnDecision:   d.onConsentDecision,
 		WatchExit:    d.taskExitWatcher(),
-		Now:          d.now,
-		Log:          d.log,
+		// d.broker is built after the manager; no request reaches Check before it is.
+		Configured: func(name, appID string) bool { return d.broker.AgentConfigured(name, appID) },
+		Now:        d.now,
+		Log:        d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("loading consent state: %w", err)

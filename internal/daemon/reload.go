@@ -360,6 +360,13 @@ func (d *Daemon) reload() {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.broker.SetConfig(cfg)
+	// A call that read the old config may have opened a request for a removed agent between the drop above and the
+	// swap; from the swap on the consent manager refuses to open one (Options.Configured). Close those now.
+	for _, a := range old.Agents {
+		if now, still := cfg.Agent(a.Name); !still || now.AppID != a.AppID {
+			d.consent.RevokeLocalAgent(a.Name, a.AppID, "agent removed from config")
+		}
+	}
 	d.cache.SetLimits(cfg.RefreshWindow.Duration, cfg.MaxTokensPerAgent)
 	d.consent.SetDenyCooldown(cfg.DenyCooldown.Duration)
 	d.log.Info("config reloaded", "agents", len(cfg.Agents))

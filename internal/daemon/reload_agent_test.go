@@ -57,6 +57,17 @@ func TestRemovingAnAgentKeepsItsTwinsGrant(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Nor is a consent request left open for it (a poll that read the config just before the reload may have opened
+	// one): approving it would grant a removed agent.
+	open, err := c.Admin.ListConsentRequests(context.Background(), &agentidv1.ListConsentRequestsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range open.GetRequests() {
+		if r.GetAgentName() == "twin" {
+			t.Fatalf("a consent request for the removed twin is still open: %v", r)
+		}
+	}
 	list, err := c.Admin.ListGrants(context.Background(), &agentidv1.ListGrantsRequest{})
 	if err != nil {
 		t.Fatal(err)
