@@ -90,13 +90,14 @@ type PeerInfo struct {
 	UID, GID, PID int
 	SID           string
 	StartTime     uint64
-	// ExeDev and ExeIno name the file the process ran when it was accepted (Linux: a stat of /proc/<pid>/exe; macOS: of
-	// the file proc_pidpath names; zero where the OS records nothing). A process that connects, hands the socket to a
-	// child and then execs a bound agent keeps its pid and start time; this is what gives it away.
+	// ExeDev and ExeIno name the file the process ran when it was accepted (Linux: /proc/<pid>/exe; macOS: the file
+	// proc_pidpath names), valid when ExeRecorded (an inode number of 0 is a real one on FUSE). A process that connects,
+	// hands the socket to a child and then execs a bound agent keeps its pid and start time; this is what gives it away.
 	ExeDev, ExeIno uint64
+	ExeRecorded    bool
 	// ExeUnread: the OS records the executable at accept, but it could not be read. A process can arrange that on
 	// purpose (non-dumpable on Linux, its executable deleted on macOS) and exec a bound agent afterwards, so the broker
-	// treats it as having executed.
+	// treats it as having executed. Both flags false: the OS records nothing (Windows).
 	ExeUnread bool
 
 	credentials.CommonAuthInfo

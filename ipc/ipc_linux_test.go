@@ -571,7 +571,7 @@ func TestPeerRecordsTheExecutableAtAccept(t *testing.T) {
 	if err := unix.Stat(os.Args[0], &self); err != nil {
 		t.Fatal(err)
 	}
-	if p.ExeDev != self.Dev || p.ExeIno != self.Ino {
+	if !p.ExeRecorded || p.ExeUnread || p.ExeDev != self.Dev || p.ExeIno != self.Ino {
 		t.Fatalf("recorded exe %d:%d, want the test binary %d:%d", p.ExeDev, p.ExeIno, self.Dev, self.Ino)
 	}
 	if _, err := stdin.Write([]byte("exec\n")); err != nil {

@@ -88,7 +88,7 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 	p.ExeUnread = true
 	if exe, err := pidpath.Path(pid); err == nil {
 		if dev, ino, err := pidpath.FileID(exe); err == nil && p.live.alive() == nil {
-			p.ExeDev, p.ExeIno, p.ExeUnread = dev, ino, false
+			p.ExeDev, p.ExeIno, p.ExeRecorded, p.ExeUnread = dev, ino, true, false
 		}
 	}
 	return p, nil

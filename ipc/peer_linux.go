@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/agentidd/agentidd/platform/linux/procexe"
 )
 
 const maxSunPath = maxSunPathLinux
@@ -90,9 +92,8 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 		return nil, err
 	}
 	// Read after the liveness handle exists and checked again through it: a pid reused in between cannot lend its exe.
-	var st unix.Stat_t
-	if unix.Stat("/proc/"+strconv.Itoa(p.PID)+"/exe", &st) == nil && p.live.alive() == nil {
-		p.ExeDev, p.ExeIno = st.Dev, st.Ino
+	if dev, ino, err := procexe.FileID(p.PID); err == nil && p.live.alive() == nil {
+		p.ExeDev, p.ExeIno, p.ExeRecorded = dev, ino, true
 	} else {
 		p.ExeUnread = true
 	}

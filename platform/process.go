@@ -37,8 +37,10 @@ type Process struct {
 	Image string
 	// ImageID is the running image's file identity where the OS can tell (Linux: /proc/<pid>/exe; macOS: the file at the
 	// kernel's path for the image); zero elsewhere.
-	ImageID   FileID
-	StartTime uint64
+	ImageID FileID
+	// HasImageID says ImageID was read (an inode number of 0 is a real one on FUSE).
+	HasImageID bool
+	StartTime  uint64
 }
 
 // ImageToHash is the path attestation hashes: the running image where the OS can open it, else the file at ExePath.

@@ -181,16 +181,18 @@ var errExecutedSinceAccept = rpcError(codes.PermissionDenied, ReasonNotAttested,
 	"the process that connected may have started another program since (or its executable could not be read when it connected): connect again from the agent itself", 0, nil)
 
 // ExecutedSinceAccept reports whether the process that connected may run another program now than when it was
-// accepted: it runs another file, or the OS records the executable at accept and it could not be read then (which a
-// process can arrange on purpose). Its pid and start time survive an exec, so without this a process could connect,
-// hand the socket to a child and exec a bound agent (or agentidd itself) for the child to be taken for it. Where the
-// OS records nothing (Windows), it reports false.
+// accepted: it runs another file, or what it ran at accept or runs now could not be read (either can be arranged on
+// purpose). Its pid and start time survive an exec, so without this a process could connect, hand the socket to a
+// child and exec a bound agent (or agentidd itself) for the child to be taken for it. Where the OS records nothing
+// (Windows), it reports false.
 func ExecutedSinceAccept(peer *ipc.PeerInfo, proc platform.Process) bool {
-	if peer.ExeUnread {
+	switch {
+	case peer.ExeUnread:
 		return true
-	}
-	if peer.ExeIno == 0 || proc.ImageID == (platform.FileID{}) {
+	case !peer.ExeRecorded:
 		return false
+	case !proc.HasImageID:
+		return true
 	}
 	return peer.ExeDev != proc.ImageID.Dev || peer.ExeIno != proc.ImageID.Ino
 }

@@ -175,10 +175,15 @@ func New(o Options) *Broker {
 	return b
 }
 
-// AgentConfigured reports whether the local agent (name and agent identity) is in the configuration in force.
+// AgentConfigured reports whether the local agent (name and agent identity) is in the configuration in force and not
+// excluded by the managed policy in force: whether a consent request may be opened for it (consent.Options.Configured).
 func (b *Broker) AgentConfigured(name, agentAppID string) bool {
 	a, ok := b.cfg.Load().Agent(name)
-	return ok && a.AppID == agentAppID
+	if !ok || a.AppID != agentAppID {
+		return false
+	}
+	excluded, _ := b.policy.Load().ExcludesAgent(agentAppID)
+	return !excluded
 }
 
 // SetConfig swaps the configuration (live reload). Agents removed from it are purged by the daemon, not here.
@@ -346,6 +351,12 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	}
 	grant, err := b.consent.Check(ctx, b.consentRequest(c), req.consentWait)
 	if err != nil {
+		if errors.Is(err, consent.ErrNotConfigured) {
+			// The config or the policy changed under this call; say which.
+			if ok, why := b.policy.Load().Allows(agent.AppID, req.mode, req.resource); !ok {
+				return rpcError(codes.PermissionDenied, ReasonPolicy, why, 0, nil)
+			}
+		}
 		return consentError(err)
 	}
 	c.grant = grant

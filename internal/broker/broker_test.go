@@ -415,31 +415,36 @@ func TestAgentsSharingAnIdentityHaveTheirOwnTokens(t *testing.T) {
 }
 
 func TestExecutedSinceAccept(t *testing.T) {
-	peer := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
-	peer.ExeDev, peer.ExeIno = 1, 100
-	tests := []struct {
-		name string
-		img  platform.FileID
-		want bool
-	}{
-		{"same file", platform.FileID{Dev: 1, Ino: 100}, false},
-		{"another file since", platform.FileID{Dev: 1, Ino: 200}, true},
-		{"another device", platform.FileID{Dev: 2, Ino: 100}, true},
-		{"image unknown", platform.FileID{}, false},
+	recorded := func(dev, ino uint64) *ipc.PeerInfo {
+		p := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
+		p.ExeDev, p.ExeIno, p.ExeRecorded = dev, ino, true
+		return p
 	}
-	for _, tt := range tests {
-		if got := ExecutedSinceAccept(peer, platform.Process{ImageID: tt.img}); got != tt.want {
-			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
-		}
-	}
-	unknown := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
-	if ExecutedSinceAccept(unknown, platform.Process{ImageID: platform.FileID{Dev: 1, Ino: 200}}) {
-		t.Error("a peer whose exe was not recorded counts as having executed")
+	image := func(dev, ino uint64) platform.Process {
+		return platform.Process{ImageID: platform.FileID{Dev: dev, Ino: ino}, HasImageID: true}
 	}
 	unread := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
 	unread.ExeUnread = true // non-dumpable at connect, say, then exec'd the bound agent
-	if !ExecutedSinceAccept(unread, platform.Process{ImageID: platform.FileID{Dev: 1, Ino: 100}}) {
-		t.Error("a peer whose exe could not be read at accept counts as the program it runs now")
+	tests := []struct {
+		name string
+		peer *ipc.PeerInfo
+		proc platform.Process
+		want bool
+	}{
+		{"same file", recorded(1, 100), image(1, 100), false},
+		{"another file since", recorded(1, 100), image(1, 200), true},
+		{"another device", recorded(1, 100), image(2, 100), true},
+		// FUSE passes the server's inode numbers through: 0 is a real one, not "unknown".
+		{"inode 0 at accept, another file since", recorded(39, 0), image(2, 247766), true},
+		{"inode 0 both times", recorded(39, 0), image(39, 0), false},
+		{"image unreadable now", recorded(1, 100), platform.Process{}, true},
+		{"exe unreadable at accept", unread, image(1, 100), true},
+		{"nothing recorded (Windows)", ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil), image(1, 200), false},
+	}
+	for _, tt := range tests {
+		if got := ExecutedSinceAccept(tt.peer, tt.proc); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
 
@@ -450,7 +455,7 @@ var boundImage = platform.FileID{Dev: 1, Ino: 100}
 
 func (i imageInspector) Inspect(pid int) (platform.Process, error) {
 	p, err := i.fakeInspector.Inspect(pid)
-	p.ImageID = boundImage
+	p.ImageID, p.HasImageID = boundImage, true
 	return p, err
 }
 
@@ -461,12 +466,12 @@ func TestCachedAttestationDoesNotCoverAnEarlierConnection(t *testing.T) {
 	f := newFixtureWith(t, imageInspector{}) // its approval came over a connection of the bound agent
 	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
 	agentConn := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
-	agentConn.ExeDev, agentConn.ExeIno = boundImage.Dev, boundImage.Ino
+	agentConn.ExeDev, agentConn.ExeIno, agentConn.ExeRecorded = boundImage.Dev, boundImage.Ino, true
 	if _, err := f.b.GetToken(ipc.ContextWithPeerForTest(context.Background(), agentConn), req); err != nil {
 		t.Fatalf("the bound agent's own connection: %v", err)
 	}
 	earlier := ipc.NewPeerInfoForTest(0, 0, testPID, "", testStart, nil)
-	earlier.ExeDev, earlier.ExeIno = 1, 50 // what the process ran when this connection was accepted
+	earlier.ExeDev, earlier.ExeIno, earlier.ExeRecorded = 1, 50, true // what the process ran when this connection was accepted
 	_, err := f.b.GetToken(ipc.ContextWithPeerForTest(context.Background(), earlier), req)
 	if status.Code(err) != codes.PermissionDenied || reasonOf(err) != ReasonNotAttested {
 		t.Fatalf("a connection accepted before the exec: %v, want PERMISSION_DENIED/NOT_ATTESTED", err)

@@ -467,6 +467,7 @@ type outcome struct {
 	remember bool          // for deny: hold for DenyCooldown
 	via      string
 	reason   string
+	err      error // for a request closed without an answer: the cause the waiter's DeniedError wraps
 }
 
 // capped applies the policy cap; TaskOnly is capped by TaskOnlyCap too. Callers hold mu (SetMaxGrant changes the cap).
@@ -560,7 +561,7 @@ func (m *Manager) settle(p *pending, o outcome) (Grant, error) {
 		p.err = &DeniedError{RequestID: req.ID, Remembered: true, Until: until, Reason: o.reason}
 		m.gen++
 	default:
-		p.err = &DeniedError{RequestID: req.ID, Reason: o.reason}
+		p.err = &DeniedError{RequestID: req.ID, Reason: o.reason, Err: o.err}
 	}
 	m.mu.Unlock()
 
@@ -711,14 +712,14 @@ func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 // disabled), of every local agent that shares the app id: the caller knows
 // only the identity, and ending too much costs a prompt, not a leak.
 func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
-	m.cancelOpen(func(r Request) bool { return r.AgentAppID == agentAppID }, reason)
+	m.cancelOpen(func(r Request) bool { return r.AgentAppID == agentAppID }, reason, nil)
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentAppID == agentAppID }, reason)
 }
 
 // RevokeLocalAgent revokes the grants of one configured agent (name and agent identity), leaving any other local agent
 // that shares the identity its own.
 func (m *Manager) RevokeLocalAgent(name, agentAppID, reason string) []Grant {
-	m.cancelOpen(func(r Request) bool { return r.AgentName == name && r.AgentAppID == agentAppID }, reason)
+	m.cancelOpen(func(r Request) bool { return r.AgentName == name && r.AgentAppID == agentAppID }, reason, ErrNotConfigured)
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentName == name && g.AgentAppID == agentAppID }, reason)
 }
 
@@ -729,14 +730,14 @@ func (m *Manager) EndTask(taskID string, agents map[string]bool) []Grant {
 	if taskID == "" {
 		return nil
 	}
-	m.cancelOpen(func(r Request) bool { return r.TaskID == taskID && agents[r.AgentName] }, "task ended")
+	m.cancelOpen(func(r Request) bool { return r.TaskID == taskID && agents[r.AgentName] }, "task ended", nil)
 	return m.revokeWhere(func(g *Grant) bool { return g.TaskID == taskID && agents[g.AgentName] }, ReasonTaskEnded)
 }
 
 // cancelOpen settles the open requests that match as not given (nothing remembered): no prompt or terminal approval
 // can grant them any more, and their waiters are told why. The revocations above call it first, so that an agent whose
 // grants end (removed from the config, its task over) cannot be granted again through a prompt still open.
-func (m *Manager) cancelOpen(match func(Request) bool, reason string) {
+func (m *Manager) cancelOpen(match func(Request) bool, reason string, cause error) {
 	m.mu.RLock()
 	var open []*pending
 	for _, p := range m.byID {
@@ -746,7 +747,7 @@ func (m *Manager) cancelOpen(match func(Request) bool, reason string) {
 	}
 	m.mu.RUnlock()
 	for _, p := range open {
-		_, _ = m.settle(p, outcome{via: "cancelled", reason: reason})
+		_, _ = m.settle(p, outcome{via: "cancelled", reason: reason, err: cause})
 	}
 }
 

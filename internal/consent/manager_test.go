@@ -780,8 +780,9 @@ func TestRevokeLocalAgentClosesItsOpenRequests(t *testing.T) {
 
 	m.RevokeLocalAgent(r.AgentName, r.AgentAppID, "agent removed from the config")
 	var denied *DeniedError
-	if err := <-waited; !errors.As(err, &denied) || denied.Remembered || !strings.Contains(err.Error(), "agent removed") {
-		t.Fatalf("waiter after the revocation: %v, want a not-remembered DeniedError naming the reason", err)
+	if err := <-waited; !errors.As(err, &denied) || denied.Remembered || !errors.Is(err, ErrNotConfigured) ||
+		!strings.Contains(err.Error(), "agent removed") {
+		t.Fatalf("waiter after the revocation: %v, want a not-remembered DeniedError wrapping ErrNotConfigured, naming the reason", err)
 	}
 	if _, err := m.Decide(id, true, time.Hour, ""); !errors.Is(err, ErrNoSuchRequest) {
 		t.Fatalf("approving the closed request: %v, want ErrNoSuchRequest", err)

@@ -197,9 +197,10 @@ type Options struct {
 	// any goroutine, even before WatchExit returns. Grants restored from disk
 	// are watched again when ExpireLoop starts, once the daemon is wired.
 	WatchExit func(pid int, start uint64, onExit func()) (stop func())
-	// Configured, when set, reports whether a local agent (name and app id) is in the config now. A request for one
-	// that is not is refused instead of opened: a call that read the config just before the agent was removed must
-	// not leave a prompt that would grant a removed agent. It is called with the Manager's lock held, so it must not
+	// Configured, when set, reports whether a local agent (name and app id) may ask now: it is in the config, and the
+	// managed policy does not exclude it. A request for one that may not is refused instead of opened: a call that
+	// read the config or policy just before the agent was removed or excluded must not leave a prompt that would grant
+	// it. It is called with the Manager's lock held, so it must not
 	// call back into the Manager.
 	Configured func(name, agentAppID string) bool
 	Log        *slog.Logger
@@ -220,7 +221,7 @@ var (
 	// asked, and callers that only know *DeniedError refuse it as such.
 	ErrTooManyPending = errors.New("consent: too many consent requests from this agent are waiting for the user")
 	// ErrNotConfigured is wrapped by the *DeniedError (not remembered) of a request for an agent that Options.Configured
-	// says is no longer in the config.
+	// says may no longer ask, and of an open request closed by RevokeLocalAgent (the agent left the config).
 	ErrNotConfigured = errors.New("consent: the agent is no longer in the config")
 )
 

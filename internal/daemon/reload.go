@@ -417,6 +417,13 @@ func (d *Daemon) applyPolicy(p *config.Policy) {
 	// In force before the purge, so that no request fetches again what the purge removes (a fetch already under way is
 	// discarded by the purge; a refresh asks the broker, which checks the policy too).
 	d.broker.SetPolicy(p)
+	// A call that read the old policy may have opened a consent request for an excluded agent since the drop above;
+	// from SetPolicy on the consent manager refuses to open one (Options.Configured). Close those now.
+	for _, a := range d.config().Agents {
+		if excluded, why := p.ExcludesAgent(a.AppID); excluded {
+			d.consent.RevokeAgent(a.AppID, why)
+		}
+	}
 	refused := func(k cache.Key) bool {
 		ok, _ := p.Allows(k.AgentAppID, k.Mode, k.Resource)
 		return !ok

@@ -85,14 +85,15 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	if startTime(kp2) != startTime(kp) {
 		return platform.Process{}, fmt.Errorf("inspect pid %d: process changed while being read: %w", pid, platform.ErrNoSuchProcess)
 	}
-	imageID, _ := pathFileID(exe) // zero when unreadable: the broker then skips the exec-since-accept check
+	imageID, idErr := pathFileID(exe) // unread: the broker refuses a peer whose executable was recorded at accept
 	return platform.Process{
-		PID:       pid,
-		PPID:      int(kp.Eproc.Ppid),
-		UID:       int(kp.Eproc.Ucred.Uid),
-		ExePath:   exe,
-		ImageID:   imageID,
-		StartTime: startTime(kp),
+		PID:        pid,
+		PPID:       int(kp.Eproc.Ppid),
+		UID:        int(kp.Eproc.Ucred.Uid),
+		ExePath:    exe,
+		ImageID:    imageID,
+		HasImageID: idErr == nil,
+		StartTime:  startTime(kp),
 	}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/agentidd/agentidd/platform"
+	"github.com/agentidd/agentidd/platform/linux/procexe"
 )
 
 func init() {
@@ -73,10 +74,9 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	// error rather than an empty path.
 	image := filepath.Join(dir, "exe")
 	var imageID platform.FileID
-	if fi, err := os.Stat(image); err == nil {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			imageID = platform.FileID{Dev: st.Dev, Ino: st.Ino}
-		}
+	dev, ino, idErr := procexe.FileID(pid) // the same reading ipc records at accept
+	if idErr == nil {
+		imageID = platform.FileID{Dev: dev, Ino: ino}
 	}
 	exe, err := os.Readlink(image)
 	if err != nil {
@@ -89,7 +89,8 @@ func (p *ProcessInspector) Inspect(pid int) (platform.Process, error) {
 	} else if _, start2, err := parseStat(stat2); err != nil || start2 != start {
 		return platform.Process{}, fmt.Errorf("inspect pid %d: process changed while being read: %w", pid, platform.ErrNoSuchProcess)
 	}
-	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, Image: image, ImageID: imageID, StartTime: start}, nil
+	return platform.Process{PID: pid, PPID: ppid, UID: uid, ExePath: exe, Image: image, ImageID: imageID, HasImageID: idErr == nil,
+		StartTime: start}, nil
 }
 
 // ExeDigest returns the cached hex SHA-256 of the file at path.
