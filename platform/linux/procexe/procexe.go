@@ -8,6 +8,7 @@
 package procexe
 
 import (
+	"errors"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -18,8 +19,19 @@ import (
 // stall the caller (ipc calls this in its accept loop) nor make the answer fail. An inode number of 0 is a valid
 // answer (FUSE passes the server's through): callers must not read it as "unknown".
 func FileID(pid int) (dev, ino uint64, err error) {
+	path := "/proc/" + strconv.Itoa(pid) + "/exe"
 	var stx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, "/proc/"+strconv.Itoa(pid)+"/exe", unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &stx); err != nil {
+	err = unix.Statx(unix.AT_FDCWD, path, unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &stx)
+	if errors.Is(err, unix.ENOSYS) {
+		// A kernel before 4.11 has no statx: stat(2) answers the same, only without the promise not to ask the
+		// filesystem. Failing instead would refuse every agent there.
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return 0, 0, err
+		}
+		return st.Dev, st.Ino, nil
+	}
+	if err != nil {
 		return 0, 0, err
 	}
 	return unix.Mkdev(stx.Dev_major, stx.Dev_minor), stx.Ino, nil
