@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -105,6 +106,9 @@ type PeerInfo struct {
 	mu     sync.Mutex
 	live   liveness // nil: never alive
 	closed bool
+	// exeHold keeps the recorded executable open (Linux) so that its inode number cannot be reused while the
+	// connection lives; nil elsewhere.
+	exeHold io.Closer
 }
 
 // liveness is the per-OS handle on the peer process.
@@ -143,6 +147,9 @@ func (p *PeerInfo) release() {
 	p.closed = true
 	if p.live != nil {
 		p.live.close()
+	}
+	if p.exeHold != nil {
+		_ = p.exeHold.Close()
 	}
 }
 

@@ -574,6 +574,21 @@ func TestPeerRecordsTheExecutableAtAccept(t *testing.T) {
 	if !p.ExeRecorded || p.ExeUnread || p.ExeDev != self.Dev || p.ExeIno != self.Ino {
 		t.Fatalf("recorded exe %d:%d, want the test binary %d:%d", p.ExeDev, p.ExeIno, self.Dev, self.Ino)
 	}
+	// The recorded file is held open for the connection's life, so its inode number cannot be reused by a new file.
+	held, ok := p.exeHold.(*os.File)
+	if !ok {
+		t.Fatalf("the recorded executable is not held: %T", p.exeHold)
+	}
+	var hst unix.Stat_t
+	if err := unix.Fstat(int(held.Fd()), &hst); err != nil || hst.Ino != self.Ino || hst.Dev != self.Dev {
+		t.Fatalf("the held file is %d:%d (%v), want the test binary", hst.Dev, hst.Ino, err)
+	}
+	defer func() {
+		c.Close()
+		if err := unix.Fstat(int(held.Fd()), &hst); err == nil {
+			t.Error("the held executable is still open after the connection closed")
+		}
+	}()
 	if _, err := stdin.Write([]byte("exec\n")); err != nil {
 		t.Fatal(err)
 	}

@@ -92,9 +92,12 @@ func peerOf(c net.Conn) (*PeerInfo, error) {
 		return nil, err
 	}
 	// Read after the liveness handle exists and checked again through it: a pid reused in between cannot lend its exe.
-	if dev, ino, err := procexe.FileID(p.PID); err == nil && p.live.alive() == nil {
-		p.ExeDev, p.ExeIno, p.ExeRecorded = dev, ino, true
+	if hold, dev, ino, err := procexe.Hold(p.PID); err == nil && p.live.alive() == nil {
+		p.ExeDev, p.ExeIno, p.ExeRecorded, p.exeHold = dev, ino, true, hold
 	} else {
+		if hold != nil {
+			_ = hold.Close()
+		}
 		p.ExeUnread = true
 	}
 	return p, nil
