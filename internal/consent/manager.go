@@ -708,11 +708,12 @@ func (m *Manager) Revoke(grantID, reason string) (Grant, error) {
 	return *g, m.persist()
 }
 
-// RevokeAgent ends every grant of an agent identity (agent removed or
-// disabled), of every local agent that shares the app id: the caller knows
-// only the identity, and ending too much costs a prompt, not a leak.
+// RevokeAgent ends every grant of an agent identity (the managed policy no
+// longer allows it), of every local agent that shares the app id: the caller
+// knows only the identity, and ending too much costs a prompt, not a leak.
+// Its open requests close with ErrNotConfigured: it may no longer ask.
 func (m *Manager) RevokeAgent(agentAppID, reason string) []Grant {
-	m.cancelOpen(func(r Request) bool { return r.AgentAppID == agentAppID }, reason, nil)
+	m.cancelOpen(func(r Request) bool { return r.AgentAppID == agentAppID }, reason, ErrNotConfigured)
 	return m.revokeWhere(func(g *Grant) bool { return g.AgentAppID == agentAppID }, reason)
 }
 

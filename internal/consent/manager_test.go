@@ -804,3 +804,24 @@ func TestCheckRefusesAnAgentNoLongerConfigured(t *testing.T) {
 		t.Fatalf("a request was opened for a removed agent: %+v", p)
 	}
 }
+
+// A request closed because the policy excluded its agent identity says so too (the broker then answers POLICY).
+func TestRevokeAgentClosesOpenRequestsAsNotAllowed(t *testing.T) {
+	m, _ := newTestManager(t, Options{})
+	waited := make(chan error, 1)
+	go func() {
+		_, err := m.Check(context.Background(), baseReq(), time.Minute)
+		waited <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(m.Pending()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no request opened")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	m.RevokeAgent(baseReq().AgentAppID, "the managed policy does not allow this agent identity")
+	if err := <-waited; !errors.Is(err, ErrNotConfigured) {
+		t.Fatalf("waiter after the policy excluded its agent: %v, want ErrNotConfigured", err)
+	}
+}
