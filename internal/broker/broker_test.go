@@ -83,6 +83,7 @@ type fixture struct {
 	b   *Broker
 	idp *fakeIdP
 	c   *cache.Cache
+	cm  *consent.Manager
 }
 
 func newFixture(tb testing.TB) *fixture {
@@ -90,12 +91,12 @@ func newFixture(tb testing.TB) *fixture {
 	return newFixtureWith(tb, fakeInspector{})
 }
 
-// newFixtureWith is newFixture with the processes described by ins.
-func newFixtureWith(tb testing.TB, ins platform.ProcessInspector) *fixture {
+// newTestBroker is a broker for agents, with a fake IdP, a real cache, consent manager and audit log, and the
+// processes described by ins.
+func newTestBroker(tb testing.TB, agents []config.Agent, ins platform.ProcessInspector) *fixture {
 	tb.Helper()
 	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
-		RateLimit: 1e9, Burst: 1e9,
-		Agents: []config.Agent{{Name: testAgent, AppID: testAppID, Bindings: []config.Binding{{Exe: testExe, SHA256: testHash}}}}}
+		RateLimit: 1e9, Burst: 1e9, Agents: agents}
 	log, err := audit.Open(filepath.Join(tb.TempDir(), "audit.jsonl"), audit.Options{})
 	if err != nil {
 		tb.Fatal(err)
@@ -105,13 +106,19 @@ func newFixtureWith(tb testing.TB, ins platform.ProcessInspector) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	f := &fixture{idp: &fakeIdP{}}
-	var b *Broker
-	f.c = cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
-	b = New(Options{Config: cfg, IdP: f.idp, Cache: f.c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
-	f.b = b
+	f := &fixture{idp: &fakeIdP{}, cm: cm}
+	f.c = cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return f.b.Fetch(ctx, k) }})
+	f.b = New(Options{Config: cfg, IdP: f.idp, Cache: f.c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
+	return f
+}
+
+// newFixtureWith is newFixture with the processes described by ins: testAgent bound to testExe, approved once.
+func newFixtureWith(tb testing.TB, ins platform.ProcessInspector) *fixture {
+	tb.Helper()
+	f := newTestBroker(tb, []config.Agent{{Name: testAgent, AppID: testAppID, Bindings: []config.Binding{{Exe: testExe, SHA256: testHash}}}}, ins)
+	b, cm := f.b, f.cm
 	// Approve once, through the same path a user takes.
-	_, err = b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
+	_, err := b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}})
 	if reasonOf(err) != ReasonConsentPending {
 		tb.Fatalf("first call: %v", err)
 	}

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,8 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/agentidd/agentidd/internal/attest"
-	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/internal/cache"
 	"github.com/agentidd/agentidd/internal/config"
 	"github.com/agentidd/agentidd/internal/consent"
@@ -69,46 +66,29 @@ type watchStream struct {
 func (s *watchStream) Context() context.Context            { return s.ctx }
 func (s *watchStream) Send(ev *agentidv1.TokenEvent) error { s.events <- ev; return nil }
 
-// launchBroker is a broker with one agent and one launch of it (owner, root, kid as above).
+// launchBroker is a broker with one agent (bound to nothing) and one launch of it (owner, root, kid as above).
 type launchBroker struct {
-	b     *Broker
-	idp   *fakeIdP
-	cm    *consent.Manager
-	cache *cache.Cache
-	ins   *launchInspector
-	l     Launch
+	*fixture
+	ins *launchInspector
+	l   Launch
 }
 
 func newLaunchBroker(t *testing.T) *launchBroker {
 	t.Helper()
 	ins := &launchInspector{}
-	cfg := &config.Config{MinTTL: config.Duration{Duration: time.Minute}, ConsentWaitMax: config.Duration{Duration: time.Minute},
-		RateLimit: 1e9, Burst: 1e9, Agents: []config.Agent{{Name: testAgent, AppID: testAppID}}}
-	log, err := audit.Open(filepath.Join(t.TempDir(), "audit.jsonl"), audit.Options{})
+	f := newTestBroker(t, []config.Agent{{Name: testAgent, AppID: testAppID}}, ins)
+	l, err := f.b.RegisterLaunch(Launch{Agent: testAgent, RootPID: launchRoot, RootStart: launchRootStart, OwnerPID: launchOwner, OwnerStart: launchOwnerStart})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { log.Close() })
-	cm, err := consent.NewManager(consent.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b *Broker
-	idp := &fakeIdP{}
-	c := cache.New(cache.Options{Fetch: func(ctx context.Context, k cache.Key) (cache.Token, error) { return b.Fetch(ctx, k) }})
-	b = New(Options{Config: cfg, IdP: idp, Cache: c, Consent: cm, Audit: log, Attestor: attest.New(ins), Inspector: ins})
-	l, err := b.RegisterLaunch(Launch{Agent: testAgent, RootPID: launchRoot, RootStart: launchRootStart, OwnerPID: launchOwner, OwnerStart: launchOwnerStart})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &launchBroker{b: b, idp: idp, cm: cm, cache: c, ins: ins, l: l}
+	return &launchBroker{fixture: f, ins: ins, l: l}
 }
 
 // TestWatchTokenEndsWithItsLaunch: a process attested only through an agentidd exec launch keeps no token stream once
 // the launch has ended: the next refreshed token is not sent, and the stream ends NOT_ATTESTED.
 func TestWatchTokenEndsWithItsLaunch(t *testing.T) {
 	lb := newLaunchBroker(t)
-	b, cm, c, ins, l := lb.b, lb.cm, lb.cache, lb.ins, lb.l
+	b, cm, c, ins, l := lb.b, lb.cm, lb.c, lb.ins, lb.l
 	kid := ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, launchKid, "", launchKidStart, nil))
 	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
 	if _, err := b.GetToken(kid, req); reasonOf(err) != ReasonConsentPending {

@@ -760,18 +760,7 @@ func BenchmarkCheckCovered(b *testing.B) {
 func TestRevokeLocalAgentClosesItsOpenRequests(t *testing.T) {
 	m, _ := newTestManager(t, Options{})
 	r := baseReq()
-	waited := make(chan error, 1)
-	go func() {
-		_, err := m.Check(context.Background(), r, time.Minute)
-		waited <- err
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(m.Pending()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no request opened")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waited := waitingCheck(t, m, r)
 	id := m.Pending()[0].ID
 	other := baseReq()
 	other.AgentName = "twin"
@@ -808,9 +797,20 @@ func TestCheckRefusesAnAgentNoLongerConfigured(t *testing.T) {
 // A request closed because the policy excluded its agent identity says so too (the broker then answers POLICY).
 func TestRevokeAgentClosesOpenRequestsAsNotAllowed(t *testing.T) {
 	m, _ := newTestManager(t, Options{})
+	waited := waitingCheck(t, m, baseReq())
+	m.RevokeAgent(baseReq().AgentAppID, "the managed policy does not allow this agent identity")
+	if err := <-waited; !errors.Is(err, ErrNotConfigured) {
+		t.Fatalf("waiter after the policy excluded its agent: %v, want ErrNotConfigured", err)
+	}
+}
+
+// waitingCheck starts a Check of r that waits for an answer, and returns once its request is open; the channel gets
+// the Check's error.
+func waitingCheck(t *testing.T, m *Manager, r Request) <-chan error {
+	t.Helper()
 	waited := make(chan error, 1)
 	go func() {
-		_, err := m.Check(context.Background(), baseReq(), time.Minute)
+		_, err := m.Check(context.Background(), r, time.Minute)
 		waited <- err
 	}()
 	deadline := time.Now().Add(5 * time.Second)
@@ -820,8 +820,5 @@ func TestRevokeAgentClosesOpenRequestsAsNotAllowed(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	m.RevokeAgent(baseReq().AgentAppID, "the managed policy does not allow this agent identity")
-	if err := <-waited; !errors.Is(err, ErrNotConfigured) {
-		t.Fatalf("waiter after the policy excluded its agent: %v, want ErrNotConfigured", err)
-	}
+	return waited
 }
