@@ -98,6 +98,11 @@ func (e *Error) Unwrap() error {
 	return nil
 }
 
+// MaxRetryAfter caps the IdP's Retry-After. The cache's backoff never waits longer than 5 minutes either: a throttling
+// answer asking for an hour or a day would otherwise stop every refresh until the tokens run out, and tell agents to wait
+// that long, for an IdP that is usually back within minutes.
+const MaxRetryAfter = 5 * time.Minute
+
 // oauthErrorBody is the JSON an Entra token endpoint returns on failure.
 type oauthErrorBody struct {
 	Error            string `json:"error"`
@@ -165,11 +170,7 @@ func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
 		}
 		e.Summary = firstLine(oe.ErrorDescription)
 	}
-	if ra := ce.Resp.Header.Get("Retry-After"); ra != "" {
-		if secs, convErr := strconv.Atoi(ra); convErr == nil && secs >= 0 {
-			e.RetryAfter = time.Duration(secs) * time.Second
-		}
-	}
+	e.RetryAfter = retryAfter(ce.Resp.Header, time.Now())
 	switch {
 	case e.Status == http.StatusTooManyRequests || e.Status >= 500:
 		e.Class = ClassTransient
@@ -180,6 +181,36 @@ func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
 		e.Class, e.Subject = classifyOAuth(e)
 	}
 	return e
+}
+
+// retryAfter reads Retry-After in either of its forms, delay-seconds or an HTTP-date, capped at MaxRetryAfter. A date
+// is measured against the answer's Date header when it has one: the IdP computed it on its own clock, and a laptop's
+// clock can be off by far more than the delay.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	ra := strings.TrimSpace(h.Get("Retry-After"))
+	if ra == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(ra, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		if secs >= int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter // also keeps a huge value from overflowing the Duration
+		}
+		d = time.Duration(secs) * time.Second
+	} else {
+		at, err := http.ParseTime(ra)
+		if err != nil {
+			return 0
+		}
+		if date, err := http.ParseTime(h.Get("Date")); err == nil {
+			now = date
+		}
+		d = at.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
 }
 
 // classifyOAuth maps AADSTS codes (ENTRA-NOTES.md §4, docs/errors.md) to classes. An answer that asks the user to act

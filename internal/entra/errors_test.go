@@ -127,3 +127,49 @@ func TestMissingCredentialIsNotAnIdPFailure(t *testing.T) {
 		t.Fatalf("exchange without a credential: %v (class %v, summary %q), want ErrNoCredential naming the command", err, e.Class, e.Summary)
 	}
 }
+
+// TestClassifyRetryAfter: Retry-After comes as delay-seconds or as an HTTP-date (RFC 9110 §10.2.3), and Entra and the
+// proxies in front of it send both. A date read as "no delay" let the daemon hammer a throttling IdP; a delay taken as
+// given let one answer (a day, say) silence every refresh until the tokens ran out. The date is measured against the
+// answer's own Date header when there is one, so a laptop with a skewed clock reads the delay the IdP meant.
+func TestClassifyRetryAfter(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	cases := []struct {
+		name   string
+		status int
+		header http.Header
+		want   time.Duration
+	}{
+		{"seconds", 429, http.Header{"Retry-After": {"7"}}, 7 * time.Second},
+		{"seconds with spaces", 503, http.Header{"Retry-After": {" 12 "}}, 12 * time.Second},
+		{"http-date against the Date header", 429, http.Header{
+			"Retry-After": {now.Add(90 * time.Second).Format(http.TimeFormat)},
+			"Date":        {now.Format(http.TimeFormat)}}, 90 * time.Second},
+		{"http-date against a skewed Date header", 503, http.Header{
+			"Retry-After": {now.Add(-time.Hour + 30*time.Second).Format(http.TimeFormat)},
+			"Date":        {now.Add(-time.Hour).Format(http.TimeFormat)}}, 30 * time.Second},
+		{"http-date in the past", 429, http.Header{"Retry-After": {now.Add(-time.Minute).Format(http.TimeFormat)}}, 0},
+		{"capped seconds", 429, http.Header{"Retry-After": {"86400"}}, entra.MaxRetryAfter},
+		{"capped http-date", 429, http.Header{"Retry-After": {now.Add(48 * time.Hour).Format(http.TimeFormat)},
+			"Date": {now.Format(http.TimeFormat)}}, entra.MaxRetryAfter},
+		{"huge seconds do not overflow", 429, http.Header{"Retry-After": {"99999999999999"}}, entra.MaxRetryAfter},
+		{"negative", 429, http.Header{"Retry-After": {"-5"}}, 0},
+		{"garbage", 429, http.Header{"Retry-After": {"soon"}}, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := msalHTTPError(c.status, "")
+			var ce msalerrors.CallErr
+			errors.As(err, &ce)
+			ce.Resp.Header = c.header
+			e := entra.Classify(ce)
+			if e.Class != entra.ClassTransient {
+				t.Fatalf("class %v, want transient", e.Class)
+			}
+			// An HTTP-date without a Date header is measured against this machine's clock, which moved on a little.
+			if d := e.RetryAfter - c.want; d > 0 || d < -2*time.Second || (c.want == 0 && e.RetryAfter != 0) {
+				t.Errorf("RetryAfter = %v, want %v", e.RetryAfter, c.want)
+			}
+		})
+	}
+}
