@@ -125,6 +125,15 @@ func Classify(err error) *Error {
 	if errors.As(err, &callErr) && callErr.Resp != nil {
 		return classifyHTTP(callErr, err)
 	}
+	// A 200 whose body is not the answer expected. Its text quotes the body, a token perhaps, so the network markers
+	// below must not look at it: the class would hang on the body's bytes.
+	var jsonErr msalerrors.InvalidJsonErr
+	if errors.As(err, &jsonErr) {
+		if looksLikeHTML(rawBodyFromJSONError(jsonErr.Error())) {
+			return &Error{Class: ClassTransient, Summary: summaryHTML}
+		}
+		return &Error{Class: ClassOther, Summary: "the identity provider's answer could not be read (malformed JSON)"}
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return &Error{Class: ClassTransient, Summary: "request to the identity provider timed out or was cancelled", err: err}
 	}
@@ -172,11 +181,16 @@ func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
 	}
 	e.RetryAfter = retryAfter(ce.Resp.Header, time.Now())
 	switch {
-	case e.Status == http.StatusTooManyRequests || e.Status >= 500:
+	case e.Status == http.StatusTooManyRequests || e.Status >= 500 ||
+		e.Status == http.StatusProxyAuthRequired || e.Status == http.StatusRequestTimeout:
 		e.Class = ClassTransient
 		if e.Summary == "" {
 			e.Summary = fmt.Sprintf("identity provider answered HTTP %d", e.Status)
 		}
+	case e.Code == "" && looksLikeHTML(rawBodyFromError(err)):
+		// No OAuth endpoint answers in HTML: a proxy or a captive portal did, so the IdP was not reached and has
+		// said nothing about any principal.
+		e.Class, e.Summary = ClassTransient, summaryHTML
 	default:
 		e.Class, e.Subject = classifyOAuth(e)
 	}
@@ -261,6 +275,38 @@ func classifyOAuth(e *Error) (Class, Subject) {
 		return ClassTransient, SubjectNone
 	}
 	return ClassOther, SubjectNone
+}
+
+const summaryHTML = "an HTML page answered instead of the identity provider (a proxy or captive portal in the way?)"
+
+// rawBodyFromError is the body MSAL quotes after "reply status code was NNN:", whatever it is.
+func rawBodyFromError(err error) string {
+	s := err.Error()
+	i := strings.Index(s, "reply status code was ")
+	if i < 0 {
+		return ""
+	}
+	s = s[i:]
+	j := strings.IndexByte(s, '\n')
+	if j < 0 {
+		return ""
+	}
+	return s[j+1:]
+}
+
+// rawBodyFromJSONError is the body MSAL quotes in its error for a 200 it could not decode.
+func rawBodyFromJSONError(s string) string {
+	for _, marker := range []string{"raw message was: ", "json message bytes were: "} {
+		if i := strings.Index(s, marker); i >= 0 {
+			return s[i+len(marker):]
+		}
+	}
+	return ""
+}
+
+func looksLikeHTML(body string) bool {
+	body = strings.TrimSpace(body)
+	return strings.HasPrefix(body, "<")
 }
 
 // bodyFromError extracts the JSON body MSAL puts after "reply status code was NNN:" in its error text. The response body
