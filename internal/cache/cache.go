@@ -37,7 +37,7 @@
 // they return. A fetch that was in flight when a purge touching its key began is not stored and its waiters get
 // ErrPurged, even if the fetch finishes afterwards: a token minted under a grant being revoked must not outlive the
 // revocation. Every purge takes a new epoch; each fetch remembers the epoch it started in and checks the purges since
-// when it finishes.
+// when it finishes. A Get that arrives after such a purge starts a fetch of its own rather than wait on the doomed one.
 //
 // Cached tokens are shared: a Token handed to or returned by this package must never be mutated (its Scopes are not
 // copied).
@@ -465,10 +465,12 @@ func answerReserve(left time.Duration) time.Duration {
 	return min(left/10, 250*time.Millisecond)
 }
 
-// joinLocked returns the in-flight fetch for id, starting one if there is none. storeMin is the lifetime a new token
-// needs to be worth caching; fromGet marks the result as used (a refresh does not count as use).
+// joinLocked returns the in-flight fetch for id, starting one if there is none, or if the one in flight began before a
+// purge that may cover k: its token will be discarded when it lands, and a caller arriving after the revocation (signed
+// in again, approved again) must not be told of a revocation that preceded its request. storeMin is the lifetime a new
+// token needs to be worth caching; fromGet marks the result as used (a refresh does not count as use).
 func (c *Cache) joinLocked(parent context.Context, k Key, id string, storeMin time.Duration, fromGet bool) *call {
-	if cl := c.flights[id]; cl != nil {
+	if cl := c.flights[id]; cl != nil && !c.mayBePurgedSinceLocked(cl.startEpoch, k, id) {
 		cl.waiters++
 		return cl
 	}

@@ -55,6 +55,23 @@ func (c *Cache) purgedSinceLocked(since uint64, k Key, id, grantID string) bool 
 	return false
 }
 
+// mayBePurgedSinceLocked is purgedSinceLocked for a fetch still in flight, whose token's grant is not known yet: every
+// grant purge since counts.
+func (c *Cache) mayBePurgedSinceLocked(since uint64, k Key, id string) bool {
+	if c.epoch == since {
+		return false
+	}
+	if c.epoch-since > purgeLogSize {
+		return true
+	}
+	for ep := since + 1; ep <= c.epoch; ep++ {
+		if r := &c.purges[ep%purgeLogSize]; r.kind == purgeGrant || r.matches(k, id, "") {
+			return true
+		}
+	}
+	return false
+}
+
 // beginPurgeLocked records a purge; every fetch that started before it will be checked against it.
 func (c *Cache) beginPurgeLocked(kind purgeKind, value string) *purgeRec {
 	c.epoch++
