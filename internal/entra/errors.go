@@ -247,11 +247,13 @@ func classifyOAuth(e *Error) (Class, Subject) {
 		// 50013 (and 500133, expired) refuse the `assertion` of an OBO exchange: the user's token, the same for every
 		// agent acting for the user. A refused client assertion (the blueprint's exchange token) is 700027.
 		return ClassPermanent, SubjectUser
-	case 7000112, 700016, 7000215, 7000222, 700027:
+	case 7000112, 700016, 7000215, 7000222, 700027, 70021:
+		// 70021 comes as invalid_request, but it refuses the client assertion (the blueprint's exchange token) for this
+		// agent identity: a fault of the agent's registration that no change to the request mends.
 		return ClassPermanent, SubjectAgent
 	case 65001, 65004:
 		return ClassPermanent, SubjectConsent
-	case 70011, 90009, 900144:
+	case 70011, 90009, 900144, 500011:
 		return ClassInvalidRequest, SubjectNone
 	}
 	switch e.Code {
@@ -269,7 +271,7 @@ func classifyOAuth(e *Error) (Class, Subject) {
 		return ClassPermanent, SubjectUser
 	case "invalid_client", "unauthorized_client":
 		return ClassPermanent, SubjectAgent
-	case "invalid_scope", "invalid_request", "unsupported_grant_type":
+	case "invalid_scope", "invalid_resource", "invalid_request", "unsupported_grant_type":
 		return ClassInvalidRequest, SubjectNone
 	case "temporarily_unavailable", "server_error":
 		return ClassTransient, SubjectNone

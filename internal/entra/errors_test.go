@@ -173,3 +173,53 @@ func TestClassifyRetryAfter(t *testing.T) {
 		})
 	}
 }
+
+// TestClassifyEmulatorRequestAndAgentRefusals runs exchanges the emulator refuses the way Entra does and checks the
+// class the daemon acts on. An unknown resource (AADSTS500011, invalid_resource) is the agent's request to fix, not
+// an unclassified answer reported as a bug; an exchange token the IdP will not take for this agent identity
+// (AADSTS70021, sent as invalid_request) is the agent identity's problem, which no change to the request can mend.
+func TestClassifyEmulatorRequestAndAgentRefusals(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := signedInClient(t, ctx, emu)
+
+	_, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{"api://unknown.contoso.example/Files.Read"}, "")
+	if e := entra.Classify(err); e.AADSTS != 500011 || e.Class != entra.ClassInvalidRequest || e.Subject != entra.SubjectNone {
+		t.Errorf("unknown resource: %v (class %v subject %v), want AADSTS500011 as an invalid request", e, e.Class, e.Subject)
+	}
+	_, err = c.AppOnly(ctx, emutest.AgentAppID, []string{"api://unknown.contoso.example/.default"}, "")
+	if e := entra.Classify(err); e.AADSTS != 500011 || e.Class != entra.ClassInvalidRequest {
+		t.Errorf("unknown resource, app-only: %v (class %v), want AADSTS500011 as an invalid request", e, e.Class)
+	}
+}
+
+func TestClassifyRequestAndAgentCodes(t *testing.T) {
+	cases := []struct {
+		name    string
+		body    string
+		class   entra.Class
+		subject entra.Subject
+	}{
+		{"500011 unknown resource",
+			`{"error":"invalid_resource","error_description":"AADSTS500011: The resource principal named api://x was not found in the tenant named contoso.","error_codes":[500011]}`,
+			entra.ClassInvalidRequest, entra.SubjectNone},
+		{"invalid_resource without a known code",
+			`{"error":"invalid_resource","error_description":"AADSTS123: no.","error_codes":[123]}`,
+			entra.ClassInvalidRequest, entra.SubjectNone},
+		{"70021 exchange token not for this agent identity",
+			`{"error":"invalid_request","error_description":"AADSTS70021: No matching federated identity record found for presented assertion.","error_codes":[70021]}`,
+			entra.ClassPermanent, entra.SubjectAgent},
+		{"28000 scope with two resources stays a bad request",
+			`{"error":"invalid_request","error_description":"AADSTS28000: more than one resource.","error_codes":[28000]}`,
+			entra.ClassInvalidRequest, entra.SubjectNone},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := entra.Classify(msalHTTPError(http.StatusBadRequest, c.body))
+			if e.Class != c.class || e.Subject != c.subject {
+				t.Errorf("class %v subject %v, want %v subject %v", e.Class, e.Subject, c.class, c.subject)
+			}
+		})
+	}
+}
