@@ -26,6 +26,10 @@ func TestAdminAuth(t *testing.T) {
 		{"unknown user", http.MethodPost, "users/revoke", "Bearer admin-test-token", `{"upn":"bob@x"}`, 404},
 		{"unknown key", http.MethodPost, "users/revoke", "Bearer admin-test-token", `{"upn":"` + tUPN + `","x":1}`, 400},
 		{"bad fault", http.MethodPost, "faults", "Bearer admin-test-token", `{"kind":"status","status":200}`, 400},
+		{"4xx fault with an Entra body", http.MethodPost, "faults", "Bearer admin-test-token", `{"kind":"status","status":403}`, 400},
+		{"unknown fault body", http.MethodPost, "faults", "Bearer admin-test-token", `{"kind":"status","status":503,"body":"xml"}`, 400},
+		{"fault body on a reset", http.MethodPost, "faults", "Bearer admin-test-token", `{"kind":"reset","body":"html"}`, 400},
+		{"retry_after_date without throttle", http.MethodPost, "faults", "Bearer admin-test-token", `{"kind":"status","status":503,"retry_after_date":true}`, 400},
 		{"bad lifetime", http.MethodPost, "token-lifetime", "Bearer admin-test-token", `{"lifetime":"10s"}`, 400},
 		{"consent for an unknown scope", http.MethodPost, "consents/grant", "Bearer admin-test-token", `{"client":"` + tAgent + `","resource":"e5f6a7b8-c9d0-4e1f-8a2b-3c4d5e6f7a8b","scopes":["Nope"]}`, 400},
 	}
@@ -81,6 +85,28 @@ func TestFaults(t *testing.T) {
 		{"429 with Retry-After", `{"endpoint":"token","grant_type":"client_credentials","kind":"throttle","retry_after":7,"count":1}`, func(t *testing.T, r reply) {
 			if r.status != 429 || r.header.Get("Retry-After") != "7" {
 				t.Fatalf("%d %v", r.status, r.header)
+			}
+		}, false},
+		{"429 with Retry-After as an HTTP-date on the emulator's clock", `{"endpoint":"token","kind":"throttle","retry_after":90,"retry_after_date":true,"count":1}`, func(t *testing.T, r reply) {
+			at, err1 := http.ParseTime(r.header.Get("Retry-After"))
+			date, err2 := http.ParseTime(r.header.Get("Date"))
+			if r.status != 429 || err1 != nil || err2 != nil || at.Sub(date) != 90*time.Second || r.str("error") != "temporarily_unavailable" {
+				t.Fatalf("%d %v %s", r.status, r.header, r.body)
+			}
+		}, false},
+		{"503 as a gateway's HTML page", `{"endpoint":"token","kind":"status","status":503,"body":"html","count":1}`, func(t *testing.T, r reply) {
+			if r.status != 503 || r.json != nil || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") || !strings.HasPrefix(string(r.body), "<!DOCTYPE html>") {
+				t.Fatalf("%d %v %s", r.status, r.header, r.body)
+			}
+		}, false},
+		{"a proxy's 403 page", `{"endpoint":"token","kind":"status","status":403,"body":"html","count":1}`, func(t *testing.T, r reply) {
+			if r.status != 403 || !strings.HasPrefix(string(r.body), "<!DOCTYPE html>") {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+		}, false},
+		{"502 without a body", `{"endpoint":"token","kind":"status","status":502,"body":"empty","count":1}`, func(t *testing.T, r reply) {
+			if r.status != 502 || len(r.body) != 0 {
+				t.Fatalf("%d %s", r.status, r.body)
 			}
 		}, false},
 		{"malformed JSON", `{"kind":"malformed","count":1}`, func(t *testing.T, r reply) {

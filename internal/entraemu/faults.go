@@ -26,10 +26,23 @@ type Fault struct {
 	GrantType  string `json:"grant_type,omitempty"`
 	Kind       string `json:"kind"`
 	LatencyMS  int    `json:"latency_ms,omitempty"`  // for latency
-	Status     int    `json:"status,omitempty"`      // for status; 500..599
+	Status     int    `json:"status,omitempty"`      // for status; 500..599, or 400..499 with Body html or empty
 	RetryAfter int    `json:"retry_after,omitempty"` // seconds, for throttle
-	Count      int    `json:"count,omitempty"`       // apply this many times; 0 = until cleared
+	// RetryAfterDate sends Retry-After as an HTTP-date on the emulator's clock (with a Date header on that clock, as a
+	// server whose clock differs from the client's sends it) instead of delay-seconds. Both forms are valid (RFC 9110
+	// §10.2.3), and gateways in front of Entra use the date.
+	RetryAfterDate bool `json:"retry_after_date,omitempty"`
+	// Body shapes a status or throttle answer: "" an Entra error body, "html" the HTML page of a proxy or gateway
+	// that answered instead of the IdP, "empty" no body at all.
+	Body  string `json:"body,omitempty"`
+	Count int    `json:"count,omitempty"` // apply this many times; 0 = until cleared
 }
+
+// Fault bodies.
+const (
+	FaultBodyHTML  = "html"
+	FaultBodyEmpty = "empty"
+)
 
 func (f *Fault) validate() error {
 	switch f.Kind {
@@ -38,8 +51,12 @@ func (f *Fault) validate() error {
 			return fmt.Errorf("latency_ms must be in (0, 600000]")
 		}
 	case FaultStatus:
+		// A 4xx is only for what stands in for a proxy (an HTML page or no body): with an Entra body it would claim to
+		// be the IdP's verdict, and server_error is not one.
 		if f.Status < 500 || f.Status > 599 {
-			return fmt.Errorf("status must be 5xx")
+			if f.Body == "" || f.Status < 400 || f.Status > 499 {
+				return fmt.Errorf("status must be 5xx, or 4xx with body html or empty")
+			}
 		}
 	case FaultThrottle:
 		if f.RetryAfter < 0 {
@@ -48,6 +65,17 @@ func (f *Fault) validate() error {
 	case FaultReset, FaultMalformed, FaultHang:
 	default:
 		return fmt.Errorf("kind %q is not one of latency, status, throttle, reset, malformed, hang", f.Kind)
+	}
+	switch f.Body {
+	case "", FaultBodyHTML, FaultBodyEmpty:
+		if f.Body != "" && f.Kind != FaultStatus && f.Kind != FaultThrottle {
+			return fmt.Errorf("body is only for status and throttle faults")
+		}
+	default:
+		return fmt.Errorf("body %q is not one of html, empty", f.Body)
+	}
+	if f.RetryAfterDate && f.Kind != FaultThrottle {
+		return fmt.Errorf("retry_after_date is only for throttle faults")
 	}
 	switch f.Endpoint {
 	case "", "instance", "openid", "keys", "token", "devicecode", "deviceauth", "authorize":
@@ -115,11 +143,17 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, 
 		}
 		return false
 	case FaultStatus:
-		e.writeError(w, r, newErr(f.Status, "server_error", 90033, "A transient error has occurred. Please try again. (injected fault)"))
+		e.writeFaultBody(w, r, f, newErr(f.Status, "server_error", 90033, "A transient error has occurred. Please try again. (injected fault)"))
 		return true
 	case FaultThrottle:
-		w.Header().Set("Retry-After", strconv.Itoa(f.RetryAfter))
-		e.writeError(w, r, newErr(http.StatusTooManyRequests, "temporarily_unavailable", 50196, "The server terminated an operation because it encountered a client request loop. (injected fault)"))
+		if f.RetryAfterDate {
+			now := e.now().UTC()
+			w.Header().Set("Date", now.Format(http.TimeFormat))
+			w.Header().Set("Retry-After", now.Add(time.Duration(f.RetryAfter)*time.Second).Format(http.TimeFormat))
+		} else {
+			w.Header().Set("Retry-After", strconv.Itoa(f.RetryAfter))
+		}
+		e.writeFaultBody(w, r, f, newErr(http.StatusTooManyRequests, "temporarily_unavailable", 50196, "The server terminated an operation because it encountered a client request loop. (injected fault)"))
 		return true
 	case FaultMalformed:
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -139,6 +173,22 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f *Fault, 
 		return true
 	}
 	return false
+}
+
+// writeFaultBody answers with oe's status in the body shape f asks for.
+func (e *Emulator) writeFaultBody(w http.ResponseWriter, r *http.Request, f *Fault, oe *oauthError) {
+	switch f.Body {
+	case FaultBodyHTML:
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(oe.status)
+		_, _ = fmt.Fprintf(w, "<!DOCTYPE html>\n<html><head><title>%d %s</title><style>body{font-family:sans-serif}</style></head>"+
+			"<body><h1>%d %s</h1><p>The upstream server did not answer. (injected fault)</p></body></html>\n",
+			oe.status, http.StatusText(oe.status), oe.status, http.StatusText(oe.status))
+	case FaultBodyEmpty:
+		w.WriteHeader(oe.status)
+	default:
+		e.writeError(w, r, oe)
+	}
 }
 
 // abortResponse ends a held request without an answer. Returning from the handler instead would make net/http send an
