@@ -172,7 +172,16 @@ func (c *Client) UserToken(ctx context.Context) (string, error) {
 	defer func() { <-c.userSem }()
 	res, err := c.pub.AcquireTokenSilent(ctx, c.cfg.UserScopes, public.WithSilentAccount(a.msal))
 	if err != nil {
-		return "", Classify(err)
+		e := Classify(err)
+		if e.Class == ClassPermanent && e.Subject == SubjectAgent {
+			// The client refused here is the sign-in app (disabled, deleted, its registration changed), not an agent
+			// identity: the codes are the same, the principal is not. Every agent fails alike until the user's sign-in
+			// is mended, so the purge and the advice belong to the user.
+			user := *e
+			user.Subject = SubjectUser
+			return "", &user
+		}
+		return "", e
 	}
 	return res.AccessToken, nil
 }

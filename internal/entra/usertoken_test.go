@@ -80,3 +80,24 @@ func signedInClientWith(t *testing.T, ctx context.Context, emu *emutest.Emulator
 	}
 	return c
 }
+
+// TestUserTokenRefusalIsTheUsers: when the IdP refuses to renew the user's token because of the sign-in app (the
+// public client disabled, here AADSTS7000112 unauthorized_client), the code alone says "an app was refused", which
+// the daemon reads as the agent identity: it purged and alerted about each agent in turn and told the user to check
+// the agent's blueprint credential, none of which is at fault. The refused principal is the user's sign-in.
+func TestUserTokenRefusalIsTheUsers(t *testing.T) {
+	emu := emutest.Start(t, emutest.Options{TokenLifetime: 4 * time.Minute}) // under MSAL's 5 min: every call renews
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := signedInClient(t, ctx, emu)
+	emu.SetAgentEnabled(emutest.PublicClientID, false)
+
+	_, err := c.OnBehalfOf(ctx, emutest.AgentAppID, []string{emutest.ResourceScopeRead}, "")
+	e := entra.Classify(err)
+	if e.AADSTS != 7000112 {
+		t.Fatalf("exchange with the sign-in app disabled: %v, want the IdP's AADSTS7000112", err)
+	}
+	if e.Class != entra.ClassPermanent || e.Subject != entra.SubjectUser {
+		t.Errorf("class %v subject %v, want %v subject %v (the user's sign-in)", e.Class, e.Subject, entra.ClassPermanent, entra.SubjectUser)
+	}
+}
