@@ -151,15 +151,18 @@ func Open(path string, secrets platform.SecretStore, opts Options) (*Store, erro
 
 	var moved *CorruptError
 	if exists {
-		var reason error
+		// A key problem is only a verdict on the file once verify holds its
+		// lock and has read its header: the file may belong to a running
+		// daemon with another secret store, or to a newer agentidd that keeps
+		// its key elsewhere, and neither is ours to move.
+		var keyProblem error
 		switch {
 		case key == nil:
-			reason = fmt.Errorf("its data key is missing from %s: %w", secrets.Describe(), ErrUndecryptable)
+			keyProblem = fmt.Errorf("its data key is missing from %s: %w", secrets.Describe(), ErrUndecryptable)
 		case len(key) != dataKeyLen:
-			reason = fmt.Errorf("the data key in %s has %d bytes, want %d: %w", secrets.Describe(), len(key), dataKeyLen, ErrUndecryptable)
-		default:
-			reason = verify(path, key)
+			keyProblem = fmt.Errorf("the data key in %s has %d bytes, want %d: %w", secrets.Describe(), len(key), dataKeyLen, ErrUndecryptable)
 		}
+		reason := verify(path, key, keyProblem)
 		if reason != nil && !errors.Is(reason, ErrUndecryptable) {
 			// Newer format, in use, permission denied: not ours to move.
 			return nil, reason
@@ -270,8 +273,10 @@ func (s *Store) initMeta() error {
 // verify opens path read-only and reads everything back: bbolt's page
 // checks, the format header, the key check and every record. It returns nil,
 // an error wrapping ErrUndecryptable, ErrNewerFormat or ErrInUse, or an I/O
-// error. Read-only, so a refused file is never written.
-func verify(path string, key []byte) (err error) {
+// error. Read-only, so a refused file is never written. keyProblem, when not
+// nil, says why key cannot be used; it is returned for a file that holds
+// state in a format this agentidd reads.
+func verify(path string, key []byte, keyProblem error) (err error) {
 	undecryptable := func(format string, args ...any) error {
 		return fmt.Errorf(format+": %w", append(args, ErrUndecryptable)...)
 	}
@@ -285,9 +290,11 @@ func verify(path string, key []byte) (err error) {
 		}
 	}()
 
-	aead, err := newAEAD(key)
-	if err != nil {
-		return err
+	var aead cipher.AEAD
+	if keyProblem == nil {
+		if aead, err = newAEAD(key); err != nil {
+			return err
+		}
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -336,6 +343,9 @@ func verify(path string, key []byte) (err error) {
 				path, n, formatVersion, ErrNewerFormat)
 		case n < 1:
 			return undecryptable("invalid format %d", n)
+		}
+		if keyProblem != nil {
+			return keyProblem
 		}
 		if pt, err := open(aead, metaBucket, metaKeyTest, meta.Get([]byte(metaKeyTest))); err != nil || string(pt) != keyCheckVal {
 			return undecryptable("the data key does not match this file")

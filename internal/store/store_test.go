@@ -797,3 +797,77 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("ForEach saw %d records (err %v), want %d", n, err, workers*ops)
 	}
 }
+
+// TestKeyProblemsDoNotBypassTheFileChecks: a missing or malformed data key
+// makes the file unreadable, but only once the file itself has been looked
+// at. A file another daemon holds open (say one started with another
+// secret_store) must not be moved aside from under it, and a file a newer
+// agentidd wrote (which may keep its key elsewhere) must be refused and left
+// alone, not treated as damaged.
+func TestKeyProblemsDoNotBypassTheFileChecks(t *testing.T) {
+	keyStates := []struct {
+		name   string
+		damage func(t *testing.T, secrets platform.SecretStore)
+	}{
+		{"key missing", func(t *testing.T, secrets platform.SecretStore) {
+			if err := secrets.Delete(platform.DataKeyItem); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"key wrong length", func(t *testing.T, secrets platform.SecretStore) {
+			if err := secrets.Set(platform.DataKeyItem, randBytes(t, 16)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, ks := range keyStates {
+		t.Run(ks.name+"/in use", func(t *testing.T) {
+			path, secrets := newEnv(t)
+			s := mustOpen(t, path, secrets, Options{})
+			defer s.Close()
+			if err := s.Put("tokens", "k", []byte("v")); err != nil {
+				t.Fatal(err)
+			}
+			// The second daemon reads its key from a store of its own.
+			other := platform.NewFileSecretStore(t.TempDir())
+			if err := other.Set(platform.DataKeyItem, randBytes(t, 32)); err != nil {
+				t.Fatal(err)
+			}
+			ks.damage(t, other)
+			for _, fresh := range []bool{false, true} {
+				if _, err := Open(path, other, Options{FreshOnCorrupt: fresh}); !errors.Is(err, ErrInUse) {
+					t.Fatalf("Open (FreshOnCorrupt=%v) while another holds the file: %v, want ErrInUse", fresh, err)
+				}
+			}
+			if files := corruptFiles(t, path); len(files) != 0 {
+				t.Fatalf("a file in use was moved aside: %v", files)
+			}
+			if err := s.Put("tokens", "k2", []byte("v2")); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			s2 := mustOpen(t, path, secrets, Options{})
+			defer s2.Close()
+			if v, err := s2.Get("tokens", "k2"); err != nil || string(v) != "v2" {
+				t.Fatalf("a write of the first daemon did not reach the state file: %q, %v", v, err)
+			}
+		})
+		t.Run(ks.name+"/newer format", func(t *testing.T) {
+			path, secrets := newEnv(t)
+			populate(t, path, secrets)
+			rawEdit(t, path, func(tx *bolt.Tx) error {
+				return tx.Bucket([]byte(metaBucket)).Put([]byte(metaFormat), binary.BigEndian.AppendUint32(nil, formatVersion+1))
+			})
+			ks.damage(t, secrets)
+			before, _ := os.ReadFile(path)
+			for _, fresh := range []bool{false, true} {
+				if _, err := Open(path, secrets, Options{FreshOnCorrupt: fresh}); !errors.Is(err, ErrNewerFormat) {
+					t.Fatalf("Open (FreshOnCorrupt=%v): %v, want ErrNewerFormat", fresh, err)
+				}
+			}
+			if after, _ := os.ReadFile(path); !bytes.Equal(before, after) || len(corruptFiles(t, path)) != 0 {
+				t.Error("a newer-format file was moved or modified")
+			}
+		})
+	}
+}
