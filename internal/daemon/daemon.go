@@ -344,10 +344,18 @@ func (d *Daemon) consentPersister() consent.Persister {
 }
 
 // restoreTokens puts still-valid served tokens back into the cache, so they are served at once even with the IdP down.
+// Tokens of grants that are gone are deleted instead: a grant that expired while the daemon was down ended without
+// OnRevoke, so no purge names it, and its token, restored, would be served under a later grant for the same key
+// without being indexed under it (revoking that grant would not purge it).
 func (d *Daemon) restoreTokens(b *broker.Broker) {
 	if d.store == nil {
 		return
 	}
+	live := map[string]bool{}
+	for _, g := range d.consent.Grants() {
+		live[g.ID] = true
+	}
+	d.tokens.purge(func(s servedToken) bool { return !live[s.Token.GrantID] })
 	n := 0
 	for _, s := range d.tokens.load(d.now()) {
 		b.Remember(s.Key, s.Token.GrantID, s.Claims)
