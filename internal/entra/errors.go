@@ -140,7 +140,16 @@ func Classify(err error) *Error {
 	var netErr net.Error
 	var urlErr *url.Error
 	var opErr *net.OpError
-	if errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.As(err, &opErr) || looksLikeNetwork(err) {
+	if errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.As(err, &opErr) {
+		return &Error{Class: ClassTransient, Summary: "identity provider unreachable", err: networkOnly(err)}
+	}
+	if strings.Contains(err.Error(), "TenantDiscoveryResponse: ") {
+		// MSAL rejected the OpenID metadata it did get (an issuer that does not match the authority, say): no retry
+		// mends that, so it must not pass for "offline".
+		return &Error{Class: ClassOther, Summary: "the identity provider's OpenID metadata does not fit the configured authority " +
+			"(issuer mismatch or missing endpoints): check the authority in the config"}
+	}
+	if looksLikeNetwork(err) {
 		return &Error{Class: ClassTransient, Summary: "identity provider unreachable", err: networkOnly(err)}
 	}
 	if errors.Is(err, ErrNoCredential) {
@@ -152,7 +161,7 @@ func Classify(err error) *Error {
 // looksLikeNetwork catches MSAL's wrapping of transport failures, which loses the error chain in places.
 func looksLikeNetwork(err error) bool {
 	s := err.Error()
-	for _, marker := range []string{"connection refused", "connection reset", "EOF", "no such host", "i/o timeout", "TLS handshake", "unable to resolve an endpoint", "server misbehaving", "broken pipe"} {
+	for _, marker := range []string{"connection refused", "connection reset", "EOF", "no such host", "i/o timeout", "TLS handshake", "server misbehaving", "broken pipe"} {
 		if strings.Contains(s, marker) {
 			return true
 		}

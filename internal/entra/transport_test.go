@@ -18,6 +18,7 @@ import (
 type fakeIdP struct {
 	srv    *httptest.Server
 	answer func(w http.ResponseWriter, r *http.Request)
+	issuer string // overrides the metadata's issuer
 }
 
 const fakeSecret = "blueprint-secret-that-must-not-leak"
@@ -28,7 +29,11 @@ func newFakeIdP(t *testing.T) *fakeIdP {
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		base := "https://" + r.Host + "/tenant"
 		if strings.HasSuffix(r.URL.Path, "/openid-configuration") {
-			fmt.Fprintf(w, `{"issuer":"%[1]s/v2.0","token_endpoint":"%[1]s/oauth2/v2.0/token","authorization_endpoint":"%[1]s/oauth2/v2.0/authorize"}`, base)
+			issuer := base + "/v2.0"
+			if f.issuer != "" {
+				issuer = f.issuer
+			}
+			fmt.Fprintf(w, `{"issuer":%q,"token_endpoint":"%s/oauth2/v2.0/token","authorization_endpoint":"%s/oauth2/v2.0/authorize"}`, issuer, base, base)
 			return
 		}
 		if err := r.ParseForm(); err == nil && r.PostForm.Get("fmi_path") != "" {
@@ -165,5 +170,22 @@ func TestClassifyTransportAndProxyAnswers(t *testing.T) {
 				t.Errorf("class %v subject %v (%v), want transient", e.Class, e.Subject, e)
 			}
 		})
+	}
+}
+
+// TestClassifyAuthorityMismatchIsNotOffline: OIDC metadata whose issuer does not match the configured authority
+// (ENTRA-NOTES §6: localhost against 127.0.0.1 is enough) fails in MSAL's endpoint resolution, and the words "unable
+// to resolve an endpoint" made that "identity provider unreachable": the daemon called itself offline and told agents
+// to retry, for ever, hiding a configuration error that no retry mends.
+func TestClassifyAuthorityMismatchIsNotOffline(t *testing.T) {
+	f := newFakeIdP(t)
+	f.answer = func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) }
+	f.issuer = strings.Replace(f.srv.URL, "127.0.0.1", "localhost", 1) + "/tenant/v2.0"
+	e := f.appOnly(t, f.srv.URL+"/tenant", f.srv.Client(), 10*time.Second)
+	if e.Class != entra.ClassOther || e.Subject != entra.SubjectNone {
+		t.Errorf("class %v subject %v (%v), want %v", e.Class, e.Subject, e, entra.ClassOther)
+	}
+	if !strings.Contains(e.Summary, "authority") {
+		t.Errorf("summary %q does not point at the configured authority", e.Summary)
 	}
 }
