@@ -109,7 +109,7 @@ func DefaultPath() (string, error) {
 
 // Load reads and validates a config file.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
@@ -119,6 +119,12 @@ func Load(path string) (*Config, error) {
 // decodeStrict decodes TOML into v and refuses keys v has no field for: a misspelt key must not silently fall back to
 // a default (for the policy, a weaker one).
 func decodeStrict(path string, data []byte, v any) (toml.MetaData, error) {
+	if len(data) > maxFileSize {
+		return toml.MetaData{}, errTooBig(path)
+	}
+	if err := checkShape(data); err != nil {
+		return toml.MetaData{}, fmt.Errorf("%s: %w", path, err)
+	}
 	md, err := toml.Decode(string(data), v)
 	if err != nil {
 		return md, fmt.Errorf("%s: %w", path, err)

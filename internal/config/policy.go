@@ -44,13 +44,18 @@ func DefaultPolicyPath() string {
 
 // LoadPolicy reads the policy file; a file that does not exist is the empty policy.
 func LoadPolicy(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &Policy{Path: path}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading managed policy: %w", err)
 	}
+	return parsePolicy(path, data)
+}
+
+// parsePolicy decodes and validates policy text; path is only used in messages.
+func parsePolicy(path string, data []byte) (*Policy, error) {
 	var p Policy
 	if _, err := decodeStrict(path, data, &p); err != nil {
 		return nil, err
