@@ -135,9 +135,30 @@ func decodeStrict(path string, data []byte, v any) (toml.MetaData, error) {
 			keys[i] = k.String()
 		}
 		sort.Strings(keys)
-		return md, fmt.Errorf("%s: unknown key(s): %s", path, strings.Join(keys, ", "))
+		return md, fmt.Errorf("%s: unknown key(s): %s", path, listKeys(keys))
 	}
 	return md, nil
+}
+
+// listKeys names the first few keys, each cut short: the message is logged on
+// every reload attempt, and a file may hold thousands of keys or a huge one.
+func listKeys(keys []string) string {
+	const most, longest = 10, 64
+	var b strings.Builder
+	for i, k := range keys {
+		if i == most {
+			fmt.Fprintf(&b, " and %d more", len(keys)-most)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if len(k) > longest {
+			k = strings.ToValidUTF8(k[:longest], "") + "…"
+		}
+		b.WriteString(k)
+	}
+	return b.String()
 }
 
 // Parse decodes and validates config text; path is only used in messages and to resolve relative paths.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,5 +124,34 @@ func TestLoadRefusesOddFiles(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "absent.toml")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load of a missing file: %v, want ErrNotExist", err)
+	}
+}
+
+// TestUnknownKeysErrorIsBounded: the error is logged on every reload attempt,
+// so a file full of unknown keys (or one enormous quoted key) must not turn
+// into a megabyte of log line; it names the first few and counts the rest.
+func TestUnknownKeysErrorIsBounded(t *testing.T) {
+	var many strings.Builder
+	for i := 0; many.Len() < maxFileSize/2; i++ {
+		fmt.Fprintf(&many, "k%06d = 1\n", i)
+	}
+	cases := []struct{ name, text, want string }{
+		{"many keys", base + many.String(), "k000000, k000001"},
+		{"one huge key", base + `"` + strings.Repeat("q", maxFileSize/2) + `" = 1` + "\n", "qqqq"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("/etc/agentidd.toml", []byte(tc.text))
+			if err == nil || !strings.Contains(err.Error(), "unknown key") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %.200v, want the unknown keys named", err)
+			}
+			if n := len(err.Error()); n > 2048 {
+				t.Errorf("error text is %d bytes", n)
+			}
+			_, err = parsePolicy("/etc/agentidd/policy.toml", []byte(tc.text))
+			if err == nil || len(err.Error()) > 2048 {
+				t.Errorf("policy error: %d bytes", len(fmt.Sprint(err)))
+			}
+		})
 	}
 }
