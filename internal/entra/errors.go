@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -182,7 +183,7 @@ func classifyHTTP(ce msalerrors.CallErr, err error) *Error {
 	body := bodyFromError(err)
 	var oe oauthErrorBody
 	if jsonErr := json.Unmarshal(body, &oe); jsonErr == nil {
-		e.Code, e.Suberror, e.Claims = oe.Error, oe.Suberror, oe.Claims
+		e.Code, e.Suberror, e.Claims = safeWord(oe.Error), safeWord(oe.Suberror), oe.Claims
 		if len(oe.ErrorCodes) > 0 {
 			e.AADSTS = oe.ErrorCodes[0]
 		}
@@ -348,8 +349,28 @@ func firstLine(desc string) string {
 	if i := strings.Index(desc, ": "); i >= 0 && strings.HasPrefix(desc, "AADSTS") {
 		desc = desc[i+2:]
 	}
+	desc = jwtRE.ReplaceAllString(desc, "[token]")
 	if len(desc) > 200 {
 		desc = desc[:200]
 	}
 	return desc
+}
+
+// jwtRE matches a JWT or the start of one (base64url of '{"' is "eyJ"). Entra's descriptions quote ids and scopes,
+// but an intermediary echoing the request would quote the user's token or the exchange token, and the description
+// reaches agents and the log.
+var jwtRE = regexp.MustCompile(`eyJ[A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]*)*`)
+
+// safeWord keeps an OAuth error or suberror value only when it is what those are, a short identifier: the daemon
+// compares them, prints them and logs them.
+func safeWord(s string) string {
+	if len(s) > 64 || jwtRE.MatchString(s) {
+		return "unreadable"
+	}
+	for _, r := range s {
+		if !(r == '_' || r == '-' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return "unreadable"
+		}
+	}
+	return s
 }

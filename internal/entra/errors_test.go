@@ -223,3 +223,28 @@ func TestClassifyRequestAndAgentCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestClassifiedErrorNeverQuotesAToken: the IdP's error_description becomes part of the message agents see and the
+// daemon logs. Entra's own descriptions quote ids and scopes, but an intermediary (or an IdP's debugging mode) that
+// echoes the request quotes the user's token or the exchange token: a JWT must never get through.
+func TestClassifiedErrorNeverQuotesAToken(t *testing.T) {
+	const jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ1c2VyIiwiYXVkIjoiYmx1ZXByaW50In0.c2lnbmF0dXJlLXRoYXQtbXVzdC1ub3QtbGVhaw"
+	for _, desc := range []string{
+		"AADSTS50013: Assertion failed signature validation. assertion=" + jwt + " was refused.",
+		"AADSTS50013: Assertion failed: '" + jwt + "'",
+		"AADSTS50013: bad JWT " + jwt[:60],
+	} {
+		body, _ := json.Marshal(map[string]any{"error": "invalid_grant", "error_description": desc, "error_codes": []int{50013}})
+		e := entra.Classify(msalHTTPError(http.StatusBadRequest, string(body)))
+		if strings.Contains(e.Error(), "eyJ") || strings.Contains(e.Summary, "eyJ") {
+			t.Errorf("classified error quotes a token: %q", e.Error())
+		}
+		if !strings.Contains(e.Summary, "Assertion failed") && !strings.Contains(e.Summary, "bad JWT") {
+			t.Errorf("summary %q lost the description around the token", e.Summary)
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"error": jwt, "suberror": "x " + jwt, "error_codes": []int{50013}})
+	if e := entra.Classify(msalHTTPError(http.StatusBadRequest, string(body))); strings.Contains(e.Error(), "eyJ") || strings.Contains(e.Suberror, "eyJ") {
+		t.Errorf("classified error quotes a token given as the OAuth error: %q (suberror %q)", e.Error(), e.Suberror)
+	}
+}
