@@ -127,7 +127,7 @@ func decodeStrict(path string, data []byte, v any) (toml.MetaData, error) {
 	}
 	md, err := toml.Decode(string(data), v)
 	if err != nil {
-		return md, fmt.Errorf("%s: %w", path, err)
+		return md, fmt.Errorf("%s: %w", path, shortError{err})
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
@@ -139,6 +139,21 @@ func decodeStrict(path string, data []byte, v any) (toml.MetaData, error) {
 	}
 	return md, nil
 }
+
+// shortError cuts a decoder error's text: it quotes the last key and, for a
+// duration, the value, whole, and a file may hold a key or value of any size.
+type shortError struct{ err error }
+
+func (e shortError) Error() string {
+	const longest = 512
+	msg := e.err.Error()
+	if len(msg) <= longest {
+		return msg
+	}
+	return strings.ToValidUTF8(msg[:longest], "") + "…"
+}
+
+func (e shortError) Unwrap() error { return e.err }
 
 // listKeys names the first few keys, each cut short: the message is logged on
 // every reload attempt, and a file may hold thousands of keys or a huge one.

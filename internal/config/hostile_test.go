@@ -139,6 +139,17 @@ func TestUnknownKeysErrorIsBounded(t *testing.T) {
 		{"many keys", base + many.String(), "k000000, k000001"},
 		{"one huge key", base + `"` + strings.Repeat("q", maxFileSize/2) + `" = 1` + "\n", "qqqq"},
 	}
+	huge := strings.Repeat("q", maxFileSize/2)
+	for _, text := range []string{
+		base + "min_ttl = \"" + huge + "\"\n",        // the duration parser quotes what it was given
+		base + "\"" + huge + "\" = = 1\n",            // the decoder names the last key
+		base + "[agent]\n\"" + huge + "\" = \"x\"\n", // wrong type, under a huge key
+	} {
+		_, err := Parse("/etc/agentidd.toml", []byte(text))
+		if err == nil || !strings.Contains(err.Error(), "/etc/agentidd.toml") || len(err.Error()) > 2048 {
+			t.Errorf("decoder error of %d bytes: %.200v", len(fmt.Sprint(err)), err)
+		}
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("/etc/agentidd.toml", []byte(tc.text))
