@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,8 +18,16 @@ import (
 // with whatever the test sets: the real MSAL client turns each answer into the error the daemon sees.
 type fakeIdP struct {
 	srv    *httptest.Server
+	mu     sync.Mutex
 	answer func(w http.ResponseWriter, r *http.Request)
 	issuer string // overrides the metadata's issuer
+}
+
+// set changes the answer; a handler of an earlier case (a hang) may still be running.
+func (f *fakeIdP) set(answer func(w http.ResponseWriter, r *http.Request)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.answer = answer
 }
 
 const fakeSecret = "blueprint-secret-that-must-not-leak"
@@ -29,9 +38,11 @@ func newFakeIdP(t *testing.T) *fakeIdP {
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		base := "https://" + r.Host + "/tenant"
 		if strings.HasSuffix(r.URL.Path, "/openid-configuration") {
-			issuer := base + "/v2.0"
-			if f.issuer != "" {
-				issuer = f.issuer
+			f.mu.Lock()
+			issuer := f.issuer
+			f.mu.Unlock()
+			if issuer == "" {
+				issuer = base + "/v2.0"
 			}
 			fmt.Fprintf(w, `{"issuer":%q,"token_endpoint":"%s/oauth2/v2.0/token","authorization_endpoint":"%s/oauth2/v2.0/authorize"}`, issuer, base, base)
 			return
@@ -40,7 +51,10 @@ func newFakeIdP(t *testing.T) *fakeIdP {
 			fmt.Fprint(w, `{"access_token":"exchange-token","expires_in":3600,"token_type":"Bearer"}`)
 			return
 		}
-		f.answer(w, r)
+		f.mu.Lock()
+		answer := f.answer
+		f.mu.Unlock()
+		answer(w, r)
 	}))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -80,10 +94,10 @@ func TestClassifyMalformedAnswerByItsShapeNotItsBytes(t *testing.T) {
 		`{"token_type":"Bearer","access_token":"eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ4In0.abcdef","expires_in":`,
 		`{"token_type":"Bearer","access_token":"connection reset i/o timeout broken pipe","expires_in":`,
 	} {
-		f.answer = func(w http.ResponseWriter, r *http.Request) {
+		f.set(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprint(w, body)
-		}
+		})
 		e := f.appOnly(t, authority, f.srv.Client(), 10*time.Second)
 		if e.Class != entra.ClassOther {
 			t.Errorf("truncated token answer %q: class %v, want %v", body, e.Class, entra.ClassOther)
@@ -144,7 +158,7 @@ func TestClassifyTransportAndProxyAnswers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f.answer = c.answer
+			f.set(c.answer)
 			e := f.appOnly(t, authority, f.srv.Client(), 2*time.Second)
 			if e.Class != c.class {
 				t.Errorf("class %v (%v), want %v", e.Class, e, c.class)
@@ -155,7 +169,7 @@ func TestClassifyTransportAndProxyAnswers(t *testing.T) {
 		})
 	}
 
-	f.answer = func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) }
+	f.set(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
 	for _, c := range []struct {
 		name      string
 		authority string
@@ -179,8 +193,10 @@ func TestClassifyTransportAndProxyAnswers(t *testing.T) {
 // to retry, for ever, hiding a configuration error that no retry mends.
 func TestClassifyAuthorityMismatchIsNotOffline(t *testing.T) {
 	f := newFakeIdP(t)
-	f.answer = func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) }
+	f.set(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	f.mu.Lock()
 	f.issuer = strings.Replace(f.srv.URL, "127.0.0.1", "localhost", 1) + "/tenant/v2.0"
+	f.mu.Unlock()
 	e := f.appOnly(t, f.srv.URL+"/tenant", f.srv.Client(), 10*time.Second)
 	if e.Class != entra.ClassOther || e.Subject != entra.SubjectNone {
 		t.Errorf("class %v subject %v (%v), want %v", e.Class, e.Subject, e, entra.ClassOther)
