@@ -57,8 +57,25 @@ func LoadPolicy(path string) (*Policy, error) {
 // parsePolicy decodes and validates policy text; path is only used in messages.
 func parsePolicy(path string, data []byte) (*Policy, error) {
 	var p Policy
-	if _, err := decodeStrict(path, data, &p); err != nil {
+	md, err := decodeStrict(path, data, &p)
+	if err != nil {
 		return nil, err
+	}
+	// Empty or zero means "not restricted", the opposite of what an
+	// administrator who writes it most likely wants: refused, so the policy
+	// fails closed instead of silently allowing everything.
+	for _, e := range []struct {
+		key   string
+		empty bool
+		means string
+	}{
+		{"allowed_agents", len(p.AllowedAgents) == 0, "every configured agent"},
+		{"allowed_resources", len(p.AllowedResources) == 0, "every resource"},
+		{"max_grant", p.MaxGrant.Duration == 0, "the built-in 7-day cap"},
+	} {
+		if e.empty && md.IsDefined(e.key) {
+			return nil, fmt.Errorf("%s: %s: empty is not a restriction (an absent key allows %s); list what is allowed, or remove the key", path, e.key, e.means)
+		}
 	}
 	for _, id := range p.AllowedAgents {
 		if !guidRE.MatchString(id) {

@@ -103,3 +103,26 @@ func TestPolicyExcludesAgent(t *testing.T) {
 		t.Error("Broken must be true only for an unreadable policy")
 	}
 }
+
+// TestPolicyRefusesEmptyRestrictions: an administrator who writes
+// `allowed_agents = []` or `max_grant = "0s"` means "none", but an empty list
+// or zero reads as "not restricted". Read as written, the policy would allow
+// every agent (or resource, or a 7-day grant) while looking like a lock-down;
+// it is refused instead, which fails closed and says what to write.
+func TestPolicyRefusesEmptyRestrictions(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ text, key string }{
+		{"allowed_agents = []\n", "allowed_agents"},
+		{"allowed_resources = []\n", "allowed_resources"},
+		{"max_grant = \"0s\"\n", "max_grant"},
+		{"[[x]]\n", "x"}, // sanity: an unknown key is still refused first
+	} {
+		p := filepath.Join(dir, "policy.toml")
+		if err := os.WriteFile(p, []byte(tc.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadPolicy(p); err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: got %v, want an error naming the file and %s", tc.text, err, tc.key)
+		}
+	}
+}
