@@ -528,11 +528,57 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 		b.auditDenied(c, err)
 		return err
 	}
-	if _, _, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh); err != nil {
+	// Subscribed before the first token is got, and bound to the grant that authorized the stream: a purge after this
+	// point reaches the stream even if it lands before the first token is sent, and so does the end of this grant when
+	// the cached token was minted under another grant covering the same key (two tasks' grants, say).
+	sub := b.cache.WatchGrant(c.key, c.grant.ID)
+	defer sub.Finish()
+	if !b.grantLive(c.grant.ID) { // revoked between authorize and the subscription: that purge reached nobody
+		return b.fetchError(ctx, ErrGrantGone)
+	}
+	tok, _, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh)
+	if err != nil {
 		return b.fetchError(ctx, err)
 	}
-	sub := b.cache.Watch(c.key)
-	defer sub.Finish()
+	revoked := func(ev cache.Event) error {
+		_ = stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Revoked{Revoked: &agentidv1.Revocation{Reason: ev.Reason, At: timestamppb.New(b.now())}}})
+		return nil
+	}
+	var sent string
+	send := func(t *cache.Token) error {
+		if t.AccessToken == sent {
+			return nil // the first token again, or an interaction notice about it: nothing new to hand out
+		}
+		if !b.grantLive(c.grant.ID) {
+			return b.fetchError(ctx, ErrGrantGone)
+		}
+		if err := b.stillAttested(c, true); err != nil {
+			return err
+		}
+		if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *t, cache.SourceCache)}}); err != nil {
+			return err
+		}
+		sent = t.AccessToken
+		return nil
+	}
+	// Whatever arrived since the subscription is at least as new as tok.
+	first := &tok
+	select {
+	case ev, ok := <-sub.Updates():
+		if !ok {
+			return nil
+		}
+		if ev.Revoked {
+			return revoked(ev)
+		}
+		if ev.Token != nil {
+			first = ev.Token
+		}
+	default:
+	}
+	if err := send(first); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -542,16 +588,12 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 				return nil
 			}
 			if ev.Revoked {
-				_ = stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Revoked{Revoked: &agentidv1.Revocation{Reason: ev.Reason, At: timestamppb.New(b.now())}}})
-				return nil
+				return revoked(ev)
 			}
 			if ev.Token == nil {
 				continue
 			}
-			if err := b.stillAttested(c, true); err != nil {
-				return err
-			}
-			if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *ev.Token, cache.SourceCache)}}); err != nil {
+			if err := send(ev.Token); err != nil {
 				return err
 			}
 		}

@@ -93,7 +93,8 @@ func (c *Cache) removeLocked(e *entry, ev Event) {
 }
 
 // purgeSetLocked removes every entry of set, then tells the watchers of matching keys that have no entry (expired, or
-// never fetched) too: a watcher must learn of a revocation even when no token was cached at the time.
+// never fetched) too: a watcher must learn of a revocation even when no token was cached at the time. A grant purge
+// also reaches every watcher that grant authorized (WatchGrant), whatever is cached for its key.
 func (c *Cache) purgeSetLocked(set map[string]*entry, r *purgeRec, reason string) int {
 	ev := Event{Revoked: true, Reason: reason}
 	n := 0
@@ -104,6 +105,14 @@ func (c *Cache) purgeSetLocked(set map[string]*entry, r *purgeRec, reason string
 	for id, g := range c.subs {
 		if _, cached := c.entries[id]; !cached && r.matches(g.key, id, "") {
 			g.notify(ev)
+			continue
+		}
+		if r.kind == purgeGrant {
+			for s := range g.subs {
+				if s.grant == r.value {
+					s.send(ev)
+				}
+			}
 		}
 	}
 	return n

@@ -17,11 +17,16 @@ type Event struct {
 // watcher sees the latest state and never blocks the cache. A subscriber outlives purges of its key: if the key is
 // fetched again, the new token is delivered. Call Finish when done.
 type Subscriber struct {
-	c      *Cache
-	id     string
+	c  *Cache
+	id string
+	// grant and bound are set by WatchGrant: the subscriber ends at its first revocation, and a purge of grant
+	// revokes it.
+	grant  string
+	bound  bool
 	mu     sync.Mutex
 	ch     chan Event
 	closed bool
+	ended  bool // bound, and revoked: nothing more is delivered
 }
 
 type subGroup struct {
@@ -55,6 +60,25 @@ func (c *Cache) Watch(k Key) *Subscriber {
 	return s
 }
 
+// WatchGrant subscribes to k for a watcher that grantID authorized. Unlike Watch it delivers nothing already cached,
+// only what happens from now on (the caller hands out the token it got itself, after subscribing, so that no purge can
+// fall between the two unheard), and it ends at its first revocation: a token stored after that (under another grant
+// covering the same key) is not delivered. A purge of grantID revokes it whichever grant the cached token was minted
+// under, two grants can cover one key, and even when nothing is cached.
+func (c *Cache) WatchGrant(k Key, grantID string) *Subscriber {
+	id := k.ID()
+	s := &Subscriber{c: c, id: id, grant: grantID, bound: true, ch: make(chan Event, 1)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g := c.subs[id]
+	if g == nil {
+		g = &subGroup{key: k, subs: make(map[*Subscriber]struct{})}
+		c.subs[id] = g
+	}
+	g.subs[s] = struct{}{}
+	return s
+}
+
 // Updates returns the event channel; it is closed by Finish.
 func (s *Subscriber) Updates() <-chan Event { return s.ch }
 
@@ -81,7 +105,7 @@ func (s *Subscriber) Finish() {
 func (s *Subscriber) send(ev Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.ended {
 		return
 	}
 	select {
@@ -89,6 +113,8 @@ func (s *Subscriber) send(ev Event) {
 	default:
 	}
 	s.ch <- ev
+	// Latest-wins would let a token stored a moment later replace the revocation before the watcher reads it.
+	s.ended = s.bound && ev.Revoked
 }
 
 func (c *Cache) notifyLocked(id string, ev Event) {
