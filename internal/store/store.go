@@ -167,6 +167,11 @@ func Open(path string, secrets platform.SecretStore, opts Options) (*Store, erro
 			// Newer format, in use, permission denied: not ours to move.
 			return nil, reason
 		}
+		if reason == nil && keyProblem != nil {
+			// The file holds no state yet (a crash before its header): an
+			// unusable key protects nothing, so a new one replaces it.
+			key = nil
+		}
 		if reason != nil {
 			dst, err := moveAside(path, now().UTC())
 			if err != nil {

@@ -871,3 +871,29 @@ func TestKeyProblemsDoNotBypassTheFileChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashBeforeHeaderWithBadKey: a file that holds no state yet is no
+// reason to keep a key that cannot be used; it is replaced, as a missing one
+// is, instead of failing every start.
+func TestCrashBeforeHeaderWithBadKey(t *testing.T) {
+	path, secrets := newEnv(t)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if err := secrets.Set(platform.DataKeyItem, randBytes(t, 16)); err != nil {
+		t.Fatal(err)
+	}
+	s := mustOpen(t, path, secrets, Options{})
+	defer s.Close()
+	if err := s.Put("tokens", "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if key, err := secrets.Get(platform.DataKeyItem); err != nil || len(key) != dataKeyLen {
+		t.Errorf("data key after open: %d bytes, %v", len(key), err)
+	}
+}
