@@ -368,9 +368,15 @@ const maxMinTTL = 30 * time.Minute
 // validAuthority reports whether a is https://host[:port]/<tenant>, nothing more.
 func validAuthority(a string) bool {
 	u, err := url.Parse(a)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+	// An empty "?" or "#" parses to no query and no fragment, yet MSAL would be handed it.
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.ForceQuery ||
+		u.Fragment != "" || strings.Contains(a, "#") {
 		return false
 	}
 	tenant := strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
-	return tenant != "" && !strings.Contains(tenant, "/")
+	// A tenant is a GUID, a domain name or common/organizations/consumers: "..", a space or an escape is a typo that
+	// would otherwise surface only as an odd sign-in failure.
+	return tenantRE.MatchString(tenant) && u.RawPath == ""
 }
+
+var tenantRE = regexp.MustCompile(`^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$`)
