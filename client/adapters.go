@@ -7,8 +7,12 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"golang.org/x/oauth2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/agentidd/agentidd/ipc"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
 )
 
@@ -71,7 +75,30 @@ func (cr *credential) GetToken(ctx context.Context, o policy.TokenRequestOptions
 	}
 	t, err := cr.c.Token(ctx, cr.agent, o.Scopes, opts...)
 	if err != nil {
-		return azcore.AccessToken{}, err
+		return azcore.AccessToken{}, credentialError(err)
 	}
 	return azcore.AccessToken{Token: t.AccessToken, ExpiresOn: t.ExpiresAt}, nil
 }
+
+// credentialError marks "no daemon answers" as azidentity's credential-unavailable, the one error on which a
+// ChainedTokenCredential tries its next credential, as it does for a managed identity with no endpoint. Every answer
+// from the daemon (each carries an ErrorInfo, its own UNAVAILABLE included) stays a failure that ends the chain: a
+// refused agent must not fall through to a credential holding the user's own token.
+func credentialError(err error) error {
+	if status.Code(err) != codes.Unavailable || ipc.ErrorInfo(err) != nil {
+		return err
+	}
+	return &unavailableError{
+		unavailable: azidentity.NewCredentialUnavailableError("agentidd: no daemon answers (start it with `agentidd run` or install the service): " + err.Error()),
+		err:         err,
+	}
+}
+
+// unavailableError is azidentity's marker and the gRPC error at once, so errors.As finds the one and status.Code the
+// other.
+type unavailableError struct {
+	unavailable, err error
+}
+
+func (e *unavailableError) Error() string   { return e.unavailable.Error() }
+func (e *unavailableError) Unwrap() []error { return []error{e.unavailable, e.err} }

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -146,5 +148,65 @@ func TestAdapterTimeoutCoversTheConsentWait(t *testing.T) {
 	}
 	if got := adapterTimeout([]Option{WithJustification("x"), WithConsentWait(2 * time.Minute)}); got != 2*time.Minute+tokenTimeout {
 		t.Errorf("with a 2m consent wait: %v, want %v", got, 2*time.Minute+tokenTimeout)
+	}
+}
+
+type staticCred string
+
+func (s staticCred) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: string(s), ExpiresOn: testExpiry}, nil
+}
+
+// A chain (azidentity.ChainedTokenCredential, as DefaultAzureCredential-style setups build) moves on only from a
+// credential that says it is unavailable: no daemon is that, a daemon's refusal is not (the next credential could be the
+// user's own token, which agentidd exists to keep from agents).
+func TestCredentialInAChain(t *testing.T) {
+	scopes := policy.TokenRequestOptions{Scopes: []string{"api://r/.default"}}
+	dir, err := os.MkdirTemp("", "aiddc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	down, err := Dial(filepath.Join(dir, "none.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { down.Close() })
+	up, _ := startFake(t)
+
+	tests := []struct {
+		name      string
+		cred      azcore.TokenCredential
+		wantToken string
+		wantCode  codes.Code
+	}{
+		{name: "no daemon: the next credential answers", cred: down.Credential("good-agent"), wantToken: "next"},
+		{name: "a refusal stops the chain", cred: up.Credential("bad-agent"), wantCode: codes.PermissionDenied},
+		{name: "a token ends the chain", cred: up.Credential("good-agent"), wantToken: "at-api://r/.default"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chain, err := azidentity.NewChainedTokenCredential([]azcore.TokenCredential{tt.cred, staticCred("next")}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, err := chain.GetToken(context.Background(), scopes)
+			if tt.wantToken != "" {
+				if err != nil || tok.Token != tt.wantToken {
+					t.Fatalf("chain: %q, %v; want %q", tok.Token, err, tt.wantToken)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("chain fell through to %q after a refusal", tok.Token)
+			}
+			if _, err := tt.cred.GetToken(context.Background(), scopes); status.Code(err) != tt.wantCode {
+				t.Fatalf("credential: %v, want %v", err, tt.wantCode)
+			}
+		})
+	}
+	// The unavailable error still carries the gRPC status for callers that switch on it.
+	if _, err := down.Credential("good-agent").GetToken(context.Background(), scopes); status.Code(err) != codes.Unavailable {
+		t.Fatalf("no daemon: %v, want the Unavailable status kept", err)
 	}
 }
