@@ -426,6 +426,13 @@ func (b *Broker) fetchError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return rpcError(codes.DeadlineExceeded, ReasonIdPUnreachable, "the caller's deadline passed before the identity provider answered", 0, nil)
 	}
+	var off *cache.OfflineError
+	if errors.As(err, &off) {
+		// Not logged: the failure that made the daemon offline was, and an agent retrying must not flood the log.
+		return rpcError(codes.Unavailable, ReasonIdPUnreachable,
+			"the identity provider could not be reached moments ago and is not asked again before the retry delay; no valid cached token exists: retry later",
+			off.RetryIn, nil)
+	}
 	var retry time.Duration
 	if online, at := b.cache.Online(); !online && at.After(b.now()) {
 		retry = at.Sub(b.now())

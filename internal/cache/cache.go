@@ -16,6 +16,14 @@
 // by one scheduler goroutine (a single timer over a min-heap) and at most Options.MaxConcurrentRefresh fetches at once.
 // Unused tokens are not refreshed; they are dropped when they expire, which bounds memory.
 //
+// # Offline
+//
+// A transient fetch failure (a refresh's or a miss's) makes the cache offline and sets its retry time: one backoff step
+// ahead, or the failure's Retry-After if longer, the step growing once per retry window rather than per failed request.
+// Until then a Get that would start an exchange gets *OfflineError at once, without a fetch; one that finds an exchange
+// in flight for its key joins it. Misses wait at most missGate after the latest transient failure, and then one at a
+// time: the first is a probe, and its success puts the cache back online.
+//
 // # Refresh failures
 //
 //   - Transient: the still-valid token keeps being served, the cache reports itself offline (Online, Stats) and the
@@ -203,6 +211,21 @@ var (
 	ErrInvalidToken = errors.New("cache: the fetcher returned a token without an access token or expiry")
 )
 
+// OfflineError answers a miss while the cache is offline and its retry time has not come: the IdP is not asked. It
+// unwraps to the latest transient failure, so whoever classifies that failure classifies this answer the same way.
+type OfflineError struct {
+	// RetryIn is how long until the cache's retry time (1 s when that has passed and a probe is still out).
+	RetryIn time.Duration
+	Err     error
+}
+
+func (e *OfflineError) Error() string {
+	// Err's own text is left out: a fetcher's error may quote a URL or an IdP body.
+	return "cache: offline, the identity provider is not asked again before the retry time"
+}
+
+func (e *OfflineError) Unwrap() error { return e.Err }
+
 const (
 	// maxSleep bounds every scheduler sleep. Timers run on the monotonic clock, which stops during suspend; waking at
 	// least this often lets the scheduler act within seconds of a resume (or any wall-clock jump) on what fell due
@@ -217,6 +240,11 @@ const (
 
 	defaultRefreshWindow = 15 * time.Minute
 	defaultMaxPerAgent   = 1000
+
+	// missGate is the longest misses are answered from the offline state without asking the IdP. The refresh backoff
+	// grows to 5 minutes, which suits tokens still being served, but an agent with nothing cached waits on the IdP's
+	// return: one probe per missGate notices it soon enough and costs a down IdP next to nothing.
+	missGate = 30 * time.Second
 )
 
 // Cache is the serving cache. Create it with New; it is safe for concurrent use.
@@ -255,10 +283,15 @@ type Cache struct {
 	dropped []Key // left the cache without a purge, for onDropped; the scheduler hands them over
 
 	online       bool
-	failures     int // consecutive transient fetch failures, for the offline retry hint
+	failures     int // backoff windows that ended in a transient failure since the last success
 	lastErrClass string
 	lastErr      time.Time
 	retryAt      time.Time
+	// lastTransient and lastTransientErr are the latest transient failure, from a miss or a refresh: the miss gate is
+	// measured from it, and a gated miss answers with it.
+	lastTransient    time.Time
+	lastTransientErr error
+	probe            *call // the miss sent to the IdP while offline, if it is still out
 }
 
 type entry struct {
@@ -427,7 +460,20 @@ func (c *Cache) Get(ctx context.Context, k Key, minTTL time.Duration, force bool
 		c.mu.Unlock()
 		return t, SourceCache, nil
 	}
-	cl := c.joinLocked(context.WithoutCancel(ctx), k, id, minTTL, true)
+	cl := c.flights[id]
+	if cl == nil || c.mayBePurgedSinceLocked(cl.startEpoch, k, id) {
+		// A new exchange. While offline, only one miss at a time and at most one per retry window reaches the IdP:
+		// without this every miss of a burst, and every force_refresh, is another request at an IdP that is down
+		// (or another hung connection to one that hangs).
+		if off := c.offlineLocked(now); off != nil {
+			c.mu.Unlock()
+			return Token{}, "", off
+		}
+	}
+	cl = c.joinLocked(context.WithoutCancel(ctx), k, id, minTTL, true)
+	if !c.online && cl.waiters == 1 {
+		c.probe = cl
+	}
 	c.mu.Unlock()
 
 	var giveUp <-chan time.Time
@@ -495,10 +541,13 @@ func (c *Cache) runFlight(parent context.Context, k Key, id string, cl *call, st
 	if c.flights[id] == cl {
 		delete(c.flights, id)
 	}
+	if c.probe == cl {
+		c.probe = nil
+	}
 	switch {
 	case err != nil:
 		class = c.classify(err)
-		c.noteErrorLocked(class, now)
+		c.noteErrorLocked(class, err, now)
 		tok = Token{}
 		if class == Permanent {
 			// The IdP's verdict holds whoever asked, a Get's miss as much as a refresh: what was cached for k must not be
@@ -678,14 +727,47 @@ func (c *Cache) noteSuccessLocked() {
 	c.retryAt = time.Time{}
 }
 
-func (c *Cache) noteErrorLocked(class Class, now time.Time) {
+// noteErrorLocked records a failed fetch. A transient failure lengthens the backoff once per window, however many
+// requests failed within it: counting each one would let a burst of misses push the retry time out to the cap.
+func (c *Cache) noteErrorLocked(class Class, err error, now time.Time) {
 	c.lastErrClass = class.String()
 	c.lastErr = now
-	if class == Transient {
-		c.online = false
-		c.retryAt = now.Add(c.backoff.Delay(c.failures))
-		c.failures++
+	if class != Transient {
+		return
 	}
+	c.online = false
+	c.lastTransient, c.lastTransientErr = now, err
+	var after time.Duration
+	if c.retryAfter != nil {
+		after = c.retryAfter(err)
+	}
+	if c.retryAt.IsZero() || !now.Before(c.retryAt) {
+		c.retryAt = now.Add(max(c.backoff.Delay(c.failures), after))
+		c.failures++
+	} else if at := now.Add(after); at.After(c.retryAt) {
+		c.retryAt = at // the IdP asked for longer within the window
+	}
+}
+
+// offlineLocked returns the answer for a miss that must not start an exchange now, or nil. Offline, misses wait for the
+// retry time, but never more than missGate after the latest transient failure, and only one goes out at a time: the
+// first miss after that is the probe, and its success puts the cache back online.
+func (c *Cache) offlineLocked(now time.Time) *OfflineError {
+	if c.online {
+		return nil
+	}
+	open := c.lastTransient.Add(missGate)
+	if c.retryAt.Before(open) {
+		open = c.retryAt
+	}
+	if c.probe == nil && !now.Before(open) {
+		return nil
+	}
+	retry := c.retryAt.Sub(now)
+	if retry <= 0 {
+		retry = time.Second // only the probe is holding misses back
+	}
+	return &OfflineError{RetryIn: retry, Err: c.lastTransientErr}
 }
 
 func addIndex(ix map[string]map[string]*entry, v string, e *entry) {

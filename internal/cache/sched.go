@@ -197,10 +197,9 @@ func (c *Cache) refresh(ctx context.Context, e *entry, gen uint64) {
 			if due.After(e.tok.ExpiresAt) {
 				due = e.tok.ExpiresAt
 			}
+			// The cache's own retry time (noteErrorLocked) is left alone: one token's backoff says nothing of the
+			// others, and would let every failing refresh reopen the gate for misses.
 			c.scheduleLocked(e, due)
-			if cl.class == Transient {
-				c.retryAt = due
-			}
 		}
 	}
 	failures = e.failures

@@ -47,6 +47,27 @@ func TestErrors2UnknownResourceIsInvalidArgument(t *testing.T) {
 	}
 }
 
+// errors2Fresh restarts the daemon after a case that left it offline: offline, a miss is answered without asking the
+// IdP until the retry time (up to 30 s later), and the next case must see its own fault's answer. It checks that the
+// following miss does reach the emulator.
+func errors2Fresh(e *env, c *client.Conn, i int) *client.Conn {
+	e.t.Helper()
+	if i > 0 {
+		e.stopDaemon()
+		e.startDaemon()
+		c = e.conn()
+	}
+	e.emu.ResetCounters()
+	return c
+}
+
+func errors2Reached(t *testing.T, e *env) {
+	t.Helper()
+	if n := e.counters().ByEndpoint["token"]; n == 0 {
+		t.Error("the miss did not reach the emulator")
+	}
+}
+
 // errors2Miss forces an exchange for the test agent's token and returns its error.
 func errors2Miss(c *client.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -76,8 +97,9 @@ func TestErrors2ThrottleRetryAfter(t *testing.T) {
 		{"a day, capped", emutest.Fault{Endpoint: "token", Kind: "throttle", RetryAfter: 86400}, 4 * time.Minute, 5 * time.Minute},
 		{"a day as a date, capped", emutest.Fault{Endpoint: "token", Kind: "throttle", RetryAfter: 86400, RetryAfterDate: true}, 4 * time.Minute, 5 * time.Minute},
 	}
-	for _, tc := range cases {
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			c = errors2Fresh(e, c, i)
 			if err := e.emu.InjectFault(tc.fault); err != nil {
 				t.Fatal(err)
 			}
@@ -86,6 +108,7 @@ func TestErrors2ThrottleRetryAfter(t *testing.T) {
 			if status.Code(err) != codes.Unavailable || client.Reason(err) != "IDP_UNREACHABLE" {
 				t.Fatalf("throttled miss: %v (reason %q), want UNAVAILABLE / IDP_UNREACHABLE\n%s", err, client.Reason(err), e.log.String())
 			}
+			errors2Reached(t, e)
 			if d := client.RetryDelay(err); d < tc.min || d > tc.max {
 				t.Errorf("retry delay %v, want within [%v, %v]", d, tc.min, tc.max)
 			}
@@ -105,13 +128,14 @@ func TestErrors2ProxyPagesAreOffline(t *testing.T) {
 	c := e.conn()
 	first := e.tokenWithApproval(c, emutest.ResourceScopeRead)
 
-	for _, f := range []emutest.Fault{
+	for i, f := range []emutest.Fault{
 		{Endpoint: "token", Kind: "status", Status: 403, Body: "html"},
 		{Endpoint: "token", Kind: "status", Status: 407, Body: "empty"},
 		{Endpoint: "token", Kind: "status", Status: 502, Body: "html"},
 		{Endpoint: "token", Kind: "status", Status: 503, Body: "empty"},
 	} {
 		t.Run(strconv.Itoa(f.Status)+" "+f.Body, func(t *testing.T) {
+			c = errors2Fresh(e, c, i)
 			if err := e.emu.InjectFault(f); err != nil {
 				t.Fatal(err)
 			}
@@ -121,6 +145,7 @@ func TestErrors2ProxyPagesAreOffline(t *testing.T) {
 				t.Fatalf("miss behind the proxy: %v (reason %q, retry %v), want UNAVAILABLE / IDP_UNREACHABLE with a retry delay\n%s",
 					err, client.Reason(err), client.RetryDelay(err), e.log.String())
 			}
+			errors2Reached(t, e)
 			if st, raw := lifecycleStatus(t, e); st["online"] == true || st["last_idp_error_class"] != "transient" {
 				t.Errorf("status behind the proxy: %s", raw)
 			}
