@@ -154,17 +154,29 @@ function reasonOf(err) {
   return buf.toString('utf8', i, i + n);
 }
 
+// modeOf maps opts.mode to the proto enum; anything else is refused rather than silently asking for the default mode.
+function modeOf(mode) {
+  if (mode === undefined || mode === '') return 'MODE_UNSPECIFIED';
+  if (mode === 'obo') return 'MODE_OBO';
+  if (mode === 'app') return 'MODE_APP';
+  throw new Error(`agentidd: mode must be 'obo' or 'app', not ${JSON.stringify(mode)}`);
+}
+
 class Client {
   constructor(socketPath) {
     this.socketPath = socketPath || endpoint();
     this.stub = null; // made after the first checkSocket passes, so nothing connects to an unchecked socket
   }
 
-  // token asks for agent's token for scopes. opts: { consentWaitSeconds, justification, taskId, timeoutMs }.
-  // timeoutMs defaults to 60 s, or to consentWaitSeconds + 30 s when that is longer.
+  // token asks for agent's token for scopes. opts: { consentWaitSeconds, justification, taskId, claims, mode,
+  // minTtlSeconds, timeoutMs }. claims is a resource's CAE claims challenge (decoded JSON from WWW-Authenticate); mode
+  // is 'obo' (default: the user's authority) or 'app' (the agent identity's own); minTtlSeconds asks for a token valid
+  // at least that long (daemon default 60 s). timeoutMs defaults to 60 s, or to consentWaitSeconds + 30 s when longer.
   async token(agent, scopes, opts = {}) {
-    const req = { agent, scopes, justification: opts.justification || '', taskId: opts.taskId || '' };
+    const req = { agent, scopes, justification: opts.justification || '', taskId: opts.taskId || '',
+      claims: opts.claims || '', mode: modeOf(opts.mode) };
     if (opts.consentWaitSeconds) req.consentWait = { seconds: String(opts.consentWaitSeconds), nanos: 0 };
+    if (opts.minTtlSeconds) req.minTtl = { seconds: String(opts.minTtlSeconds), nanos: 0 };
     const deadline = new Date(Date.now() + callTimeoutMs(opts));
     // Checked before every call, not once: the daemon may have restarted, and the channel reconnects by path.
     await checkSocket(this.socketPath);

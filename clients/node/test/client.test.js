@@ -188,6 +188,26 @@ test('call deadline', async (t) => {
   });
 });
 
+// A Node agent must be able to answer a resource's CAE claims challenge (else the daemon keeps serving the cached token
+// the resource refuses), ask for an app-only token, and ask for a longer-lived token, as the Go client can.
+test('request options reach the daemon', unixOnly, async (t) => {
+  const sock = path.join(tempDir(t, 0o700), 'agentidd.sock');
+  const seen = await fakeDaemon(t, sock);
+  const claims = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}';
+  await ask(sock, { claims, mode: 'app', minTtlSeconds: 600 });
+  let r = seen.requests[0].request;
+  assert.strictEqual(r.claims, claims);
+  assert.strictEqual(r.mode, 'MODE_APP');
+  assert.deepStrictEqual([r.minTtl && r.minTtl.seconds], ['600']);
+  await ask(sock, { mode: 'obo' });
+  r = seen.requests[1].request;
+  assert.strictEqual(r.mode, 'MODE_OBO');
+  assert.strictEqual(r.claims, '');
+  assert.strictEqual(r.minTtl, null, 'no min_ttl: the daemon default applies');
+  await assert.rejects(ask(sock, { mode: 'user' }), /mode/);
+  assert.strictEqual(seen.requests.length, 2, 'a bad mode is refused before anything is sent');
+});
+
 test('endpoint mirrors ipc.DefaultPath', async (t) => {
   const uid = process.platform === 'win32' ? -1 : process.geteuid();
   await t.test('AGENTIDD_SOCKET wins', () => {
