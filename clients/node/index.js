@@ -128,31 +128,100 @@ function guard() {
   return md;
 }
 
-// reasonOf returns the stable agentidd reason (e.g. "CONSENT_PENDING") of a gRPC error, or "". It reads the
-// google.rpc.ErrorInfo in the status details: Any{type_url, value = ErrorInfo{1: reason, ...}}.
-function reasonOf(err) {
-  const bin = err && err.metadata && err.metadata.get('grpc-status-details-bin');
-  if (!bin || !bin.length) return '';
-  const buf = Buffer.from(bin[0]);
-  const typeURL = Buffer.from('type.googleapis.com/google.rpc.ErrorInfo');
-  let i = buf.indexOf(typeURL);
-  if (i < 0) return '';
-  i += typeURL.length;
+// protoFields decodes one protobuf message into [field number, value] pairs: a Number for a varint, a Buffer for a
+// length-delimited field. Enough for google.rpc.Status, Any, ErrorInfo, RetryInfo and Duration; it throws on bytes
+// that are not a well-formed message.
+function protoFields(buf) {
+  const out = [];
+  let i = 0;
   const varint = () => {
     let v = 0;
-    for (let shift = 0; i < buf.length && shift < 28; shift += 7) {
+    for (let mul = 1, n = 0; n < 10; n++, mul *= 128) {
+      if (i >= buf.length) throw new Error('truncated varint');
       const b = buf[i++];
-      v |= (b & 0x7f) << shift;
+      v += (b & 0x7f) * mul;
       if (b < 0x80) return v;
     }
-    return -1;
+    throw new Error('varint too long');
   };
-  if (buf[i++] !== 0x12 || varint() < 0) return ''; // Any.value
-  if (buf[i++] !== 0x0a) return ''; // ErrorInfo.reason
-  const n = varint();
-  if (n < 0 || i + n > buf.length) return '';
-  return buf.toString('utf8', i, i + n);
+  while (i < buf.length) {
+    const key = varint();
+    const field = Math.floor(key / 8);
+    switch (key % 8) {
+      case 0: out.push([field, varint()]); break;
+      case 1: i += 8; break;
+      case 2: {
+        const n = varint();
+        if (i + n > buf.length) throw new Error('truncated field');
+        out.push([field, buf.subarray(i, i + n)]);
+        i += n;
+        break;
+      }
+      case 5: i += 4; break;
+      default: throw new Error('unsupported wire type');
+    }
+  }
+  if (i > buf.length) throw new Error('truncated fixed field');
+  return out;
 }
+
+const ERROR_INFO_TYPE = 'type.googleapis.com/google.rpc.ErrorInfo';
+const RETRY_INFO_TYPE = 'type.googleapis.com/google.rpc.RetryInfo';
+
+// detailsOf reads the agentidd details of a gRPC error, as the Go client's Reason, Metadata and RetryDelay do:
+// { reason, domain, metadata } from the google.rpc.ErrorInfo and retryDelayMs from the google.rpc.RetryInfo (0 when
+// absent) in the grpc-status-details-bin trailer (google.rpc.Status{3: repeated Any{1: type_url, 2: value}}).
+function detailsOf(err) {
+  const d = { reason: '', domain: '', metadata: {}, retryDelayMs: 0 };
+  const bin = err && err.metadata && typeof err.metadata.get === 'function' && err.metadata.get('grpc-status-details-bin');
+  if (!bin || !bin.length) return d;
+  try {
+    for (const [f, any] of protoFields(Buffer.from(bin[0]))) {
+      if (f !== 3 || !Buffer.isBuffer(any)) continue;
+      let type = '';
+      let value = Buffer.alloc(0);
+      for (const [af, av] of protoFields(any)) {
+        if (af === 1 && Buffer.isBuffer(av)) type = av.toString('utf8');
+        if (af === 2 && Buffer.isBuffer(av)) value = av;
+      }
+      if (type === ERROR_INFO_TYPE) {
+        for (const [ef, ev] of protoFields(value)) {
+          if (!Buffer.isBuffer(ev)) continue;
+          if (ef === 1) d.reason = ev.toString('utf8');
+          if (ef === 2) d.domain = ev.toString('utf8');
+          if (ef === 3) { // map<string, string> entry {1: key, 2: value}
+            let k = '';
+            let v = '';
+            for (const [mf, mv] of protoFields(ev)) {
+              if (mf === 1 && Buffer.isBuffer(mv)) k = mv.toString('utf8');
+              if (mf === 2 && Buffer.isBuffer(mv)) v = mv.toString('utf8');
+            }
+            d.metadata[k] = v;
+          }
+        }
+      } else if (type === RETRY_INFO_TYPE) {
+        for (const [rf, rv] of protoFields(value)) {
+          if (rf !== 1 || !Buffer.isBuffer(rv)) continue; // retry_delay: Duration{1: seconds, 2: nanos}
+          let sec = 0;
+          let nanos = 0;
+          for (const [df, dv] of protoFields(rv)) {
+            if (df === 1 && typeof dv === 'number') sec = dv;
+            if (df === 2 && typeof dv === 'number') nanos = dv;
+          }
+          // A negative Duration arrives as a 10-byte two's-complement varint; no sane delay is that large.
+          if (sec < 2 ** 40 && nanos < 1e9) d.retryDelayMs = sec * 1000 + Math.floor(nanos / 1e6);
+        }
+      }
+    }
+  } catch {
+    // A trailer that is not a well-formed Status (a proxy's, or a bug): no details rather than half-read ones.
+    return { reason: '', domain: '', metadata: {}, retryDelayMs: 0 };
+  }
+  return d;
+}
+
+// reasonOf returns the stable agentidd reason (e.g. "CONSENT_PENDING") of a gRPC error, or "".
+function reasonOf(err) { return detailsOf(err).reason; }
 
 // modeOf maps opts.mode to the proto enum; anything else is refused rather than silently asking for the default mode.
 function modeOf(mode) {
@@ -172,6 +241,8 @@ class Client {
   // minTtlSeconds, timeoutMs }. claims is a resource's CAE claims challenge (decoded JSON from WWW-Authenticate); mode
   // is 'obo' (default: the user's authority) or 'app' (the agent identity's own); minTtlSeconds asks for a token valid
   // at least that long (daemon default 60 s). timeoutMs defaults to 60 s, or to consentWaitSeconds + 30 s when longer.
+  // A refusal rejects with the gRPC error plus err.reason (docs/errors.md), err.retryDelayMs (the daemon's RetryInfo, 0
+  // when none: wait that long before asking again) and err.errorInfo.metadata (request_id, claims, ...).
   async token(agent, scopes, opts = {}) {
     const req = { agent, scopes, justification: opts.justification || '', taskId: opts.taskId || '',
       claims: opts.claims || '', mode: modeOf(opts.mode) };
@@ -186,7 +257,11 @@ class Client {
     return new Promise((resolve, reject) => {
       this.stub.GetToken(req, guard(), { deadline }, (err, resp) => {
         if (err) {
-          err.reason = reasonOf(err);
+          // err.metadata is gRPC's trailer metadata already, so the ErrorInfo goes to err.errorInfo.
+          const d = detailsOf(err);
+          err.reason = d.reason;
+          err.retryDelayMs = d.retryDelayMs;
+          err.errorInfo = { reason: d.reason, domain: d.domain, metadata: d.metadata };
           reject(err);
           return;
         }
@@ -212,4 +287,4 @@ async function token(agent, scopes, opts) {
   try { return await c.token(agent, scopes, opts); } finally { c.close(); }
 }
 
-module.exports = { Client, token, reasonOf, endpoint, checkSocket, callTimeoutMs, GUARD_HEADER, GUARD_VALUE };
+module.exports = { Client, token, reasonOf, detailsOf, endpoint, checkSocket, callTimeoutMs, GUARD_HEADER, GUARD_VALUE };

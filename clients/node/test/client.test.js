@@ -208,6 +208,53 @@ test('request options reach the daemon', unixOnly, async (t) => {
   assert.strictEqual(seen.requests.length, 2, 'a bad mode is refused before anything is sent');
 });
 
+// google.rpc.Status details as the daemon encodes them (ipc.StatusError, marshalled by Go's protobuf): what the client
+// must read is the ErrorInfo reason and metadata and the RetryInfo delay. The first message names the ErrorInfo type URL
+// itself, which a scan for that string would take for the detail.
+const STATUS_FIXTURES = {
+  pending: '0809123477616974696e6720666f7220747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e4572726f72496e' +
+    '666f1a600a28747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e4572726f72496e666f12340a0f434f4e53454e' +
+    '545f50454e44494e47120c6167656e746964642e6465761a130a0a726571756573745f696412057265712d311a300a28747970652e676f6f' +
+    '676c65617069732e636f6d2f676f6f676c652e7270632e5265747279496e666f12040a020802',
+  unreachable: '080e120869647020646f776e1a4b0a28747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e4572726f72' +
+    '496e666f121f0a0f4944505f554e524541434841424c45120c6167656e746964642e6465761a360a28747970652e676f6f676c656170697' +
+    '32e636f6d2f676f6f676c652e7270632e5265747279496e666f120a0a0808011080cab5ee01',
+  interaction: '080912036d66611a80010a28747970652e676f6f676c65617069732e636f6d2f676f6f676c652e7270632e4572726f72496e666f' +
+    '12540a14494e544552414354494f4e5f5245515549524544120c6167656e746964642e6465761a1d0a06636c61696d7312137b226163636' +
+    '573735f746f6b656e223a7b7d7d1a0f0a0661616473747312053530303736',
+};
+
+test('error details: reason, metadata, retry delay', unixOnly, async (t) => {
+  const dir = tempDir(t, 0o700);
+  const sock = path.join(dir, 'agentidd.sock');
+  const server = new grpc.Server();
+  server.addService(agentid.AgentIdentity.service, {
+    GetToken(call, cb) {
+      const md = new grpc.Metadata();
+      md.set('grpc-status-details-bin', Buffer.from(STATUS_FIXTURES[call.request.agent], 'hex'));
+      cb({ code: grpc.status.FAILED_PRECONDITION, details: 'refused', metadata: md });
+    },
+  });
+  await new Promise((resolve, reject) => server.bindAsync('unix:' + sock, grpc.ServerCredentials.createInsecure(),
+    (err) => (err ? reject(err) : resolve())));
+  t.after(() => server.forceShutdown());
+  const c = new Client(sock);
+  t.after(() => c.close());
+  const cases = [
+    ['pending', 'CONSENT_PENDING', 2000, { request_id: 'req-1' }],
+    ['unreachable', 'IDP_UNREACHABLE', 1500, {}],
+    ['interaction', 'INTERACTION_REQUIRED', 0, { claims: '{"access_token":{}}', aadsts: '50076' }],
+  ];
+  for (const [agent, reason, delay, meta] of cases) {
+    await assert.rejects(c.token(agent, ['api://r/.default'], { timeoutMs: 5000 }), (err) => {
+      assert.strictEqual(err.reason, reason, agent);
+      assert.strictEqual(err.retryDelayMs, delay, agent);
+      assert.deepStrictEqual(err.errorInfo && err.errorInfo.metadata, meta, agent);
+      return true;
+    });
+  }
+});
+
 test('endpoint mirrors ipc.DefaultPath', async (t) => {
   const uid = process.platform === 'win32' ? -1 : process.geteuid();
   await t.test('AGENTIDD_SOCKET wins', () => {

@@ -10,12 +10,15 @@ if (!agent || !scope) {
   console.error('set AGENTIDD_TEST_AGENT and AGENTIDD_TEST_SCOPE');
   process.exit(2);
 }
-token(agent, [scope], { consentWaitSeconds: 20, justification: 'node client test' })
+// AGENTIDD_TEST_CONSENT_WAIT=0 asks without waiting, to see the daemon's CONSENT_PENDING details.
+const wait = process.env.AGENTIDD_TEST_CONSENT_WAIT === undefined ? 20 : Number(process.env.AGENTIDD_TEST_CONSENT_WAIT);
+token(agent, [scope], { consentWaitSeconds: wait, justification: 'node client test' })
   .then((t) => {
     if (!t.accessToken || !(t.expiresAt > new Date())) throw new Error('empty or expired token');
     console.log(JSON.stringify({ mode: 'node', token: t.accessToken, agent: t.agentAppId, user: t.userOid }));
   })
   .catch((err) => {
-    console.log(JSON.stringify({ mode: 'node', error: String(err.message), reason: err.reason || '' }));
+    console.log(JSON.stringify({ mode: 'node', error: String(err.message), reason: err.reason || '',
+      retryDelayMs: err.retryDelayMs || 0, metadata: (err.errorInfo && err.errorInfo.metadata) || {} }));
     process.exit(1);
   });
