@@ -3,7 +3,11 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -34,5 +38,21 @@ func TestNodeClientErrorDetails(t *testing.T) {
 	m := regexp.MustCompile(`(?m)^request (\S+):`).FindStringSubmatch(e.cli("consent", "list"))
 	if m == nil || r.Metadata["request_id"] != m[1] {
 		t.Fatalf("node saw request_id %q; pending request %v", r.Metadata["request_id"], m)
+	}
+}
+
+// TestNodeNpmTest: `npm test` in clients/node is what a Node developer runs; it must run the client's own tests and pass
+// without a daemon or test environment of its own.
+func TestNodeNpmTest(t *testing.T) {
+	dir := execNodeModules(t)
+	cmd := exec.Command("npm", "test")
+	cmd.Dir = dir
+	cmd.Env = os.Environ()
+	for _, k := range []string{"AGENTIDD_TEST_AGENT", "AGENTIDD_TEST_SCOPE", "AGENTIDD_SOCKET"} {
+		cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") })
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^# pass [1-9]`).Match(out) || !strings.Contains(string(out), "# fail 0") {
+		t.Fatalf("npm test: %v\n%s", err, out)
 	}
 }

@@ -1,6 +1,6 @@
 'use strict';
-// Gets a token from the real daemon (run under `agentidd exec`; the Go e2e test does) and prints one JSON line. The
-// token goes to stdout only because that test verifies its signature and claims.
+// Gets a token from the real daemon (run under `agentidd exec`, as the Go e2e tests do; `npm run test:daemon`) and
+// prints one JSON line. The token goes to stdout only because that test verifies its signature and claims.
 //   AGENTIDD_TEST_AGENT=test-agent AGENTIDD_TEST_SCOPE=api://files.contoso.example/.default node test/token.test.js
 const { token } = require('..');
 
