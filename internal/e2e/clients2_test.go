@@ -41,7 +41,8 @@ func TestNodeClientErrorDetails(t *testing.T) {
 	}
 }
 
-// TestNodeNpmTest: `npm test` in clients/node is what a Node developer runs; it must run the client's own tests and pass
+// TestNodeNpmTest runs the Node client's own tests (a fake server: the socket trust checks, the deadline, the default
+// endpoint, request options and error details) as a Node developer does, with `npm test`; they must pass
 // without a daemon or test environment of its own.
 func TestNodeNpmTest(t *testing.T) {
 	dir := execNodeModules(t)

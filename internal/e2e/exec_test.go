@@ -410,14 +410,3 @@ func TestExecNode(t *testing.T) {
 	execCheckClaims(t, e, run(true, nil, "test/msi.js", execScope))
 	execCheckClaims(t, e, run(false, []string{"AGENTIDD_TEST_AGENT=" + testAgent, "AGENTIDD_TEST_SCOPE=" + execScope}, "test/token.test.js"))
 }
-
-// TestNodeClientUnit runs the Node client's own tests (no daemon: a fake server): the socket trust checks, the deadline
-// and the default endpoint.
-func TestNodeClientUnit(t *testing.T) {
-	dir := execNodeModules(t)
-	cmd := exec.Command("node", "--test", "test/client.test.js")
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("node --test test/client.test.js: %v\n%s", err, out)
-	}
-}
