@@ -575,7 +575,9 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 		if !ok {
 			return nil
 		}
-		if ev.Revoked {
+		// An expiry already read here concerns tok only if tok itself has run out: an older token's expiry was followed
+		// by tok's arrival, whose event would have replaced it.
+		if ev.Revoked || (ev.Expired && !tok.ExpiresAt.After(b.now())) {
 			return revoked(ev)
 		}
 		if ev.Token != nil {
@@ -594,7 +596,9 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 			if !ok {
 				return nil
 			}
-			if ev.Revoked {
+			// An expiry without a replacement ends the stream as a revocation does: the agent holds a token that no
+			// longer works, and asking again either fetches a new one or says why it cannot.
+			if ev.Revoked || ev.Expired {
 				return revoked(ev)
 			}
 			if ev.Token == nil {

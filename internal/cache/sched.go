@@ -112,7 +112,7 @@ func (c *Cache) stepLocked(ctx context.Context, now time.Time) time.Duration {
 			return min(e.due.Sub(now), maxSleep)
 		}
 		if !usable(&e.tok, now, 0) {
-			c.removeLocked(e, Event{Reason: "expired"})
+			c.removeLocked(e, Event{Expired: true, Reason: c.expiredReasonLocked(e)})
 			if c.onDropped != nil {
 				c.dropped = append(c.dropped, e.key)
 			}
@@ -134,6 +134,21 @@ func (c *Cache) stepLocked(ctx context.Context, now time.Time) time.Duration {
 		go c.refresh(ctx, e, e.gen)
 	}
 	return maxSleep
+}
+
+// expiredReasonLocked says why e reached its expiry unreplaced, for its watchers: they hold that token and must ask
+// again, and what to expect when they do depends on it.
+func (c *Cache) expiredReasonLocked(e *entry) string {
+	switch {
+	case e.interaction:
+		return "expired before it could be refreshed (the identity provider requires the user to act: agentidd login); ask again"
+	case !c.online:
+		return "expired before it could be refreshed (the identity provider was unreachable); ask again"
+	case e.failures > 0:
+		return "expired before it could be refreshed (every refresh failed); ask again"
+	default:
+		return "expired before it could be refreshed (the clock jumped past its expiry, as after a suspend); ask again"
+	}
 }
 
 // wantedLocked: refresh ahead only what was used within the window, or what someone is watching.

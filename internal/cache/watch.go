@@ -3,12 +3,14 @@ package cache
 import "sync"
 
 // Event is the latest state of a watched key. Token is the current token (never mutate it); nil means the watcher has
-// no usable token: Revoked says it was purged (stop using it now), otherwise it expired without a replacement.
-// InteractionRequired comes with the still-valid token when a refresh needs the user to act first; the token will not
-// be refreshed and is served until it expires.
+// no usable token: Revoked says it was purged (stop using it now), Expired that it expired without a replacement (the
+// IdP unreachable until then, the user to act first, or the clock jumped past it during a suspend), and Reason says
+// which. InteractionRequired comes with the still-valid token when a refresh needs the user to act first; the token
+// will not be refreshed and is served until it expires.
 type Event struct {
 	Token               *Token
 	Revoked             bool
+	Expired             bool
 	Reason              string
 	InteractionRequired bool
 }
