@@ -16,6 +16,7 @@ package audit
 
 import (
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -101,6 +102,28 @@ type Record struct {
 // a dozen allocations per record on the token fast path; the field order
 // and omissions match the struct tags so encoding/json reads it back.
 func appendRecord(b []byte, r *Record, prev []byte) []byte {
+	b = appendBody(b, r)
+	b = append(b, `,"prev":"`...)
+	b = append(b, prev...)
+	return append(b, '"')
+}
+
+// MarshalJSON encodes r as Append writes it, so that a record read back and
+// re-encoded for display (`agentidd audit tail`) keeps the escapes
+// appendString adds: encoding/json would write C1 controls and bidi
+// overrides from an agent's strings raw to the terminal.
+func (r Record) MarshalJSON() ([]byte, error) {
+	b := appendBody(make([]byte, 0, 768), &r)
+	b = append(b, `,"prev":`...)
+	// Prev and Hash come from a line that may not verify: quoted like any field, not trusted to be hex.
+	b = appendString(b, r.Prev)
+	b = append(b, `,"hash":`...)
+	b = appendString(b, r.Hash)
+	return append(b, '}'), nil
+}
+
+// appendBody encodes every field before "prev".
+func appendBody(b []byte, r *Record) []byte {
 	b = append(b, `{"seq":`...)
 	b = appendUint(b, r.Seq)
 	b = append(b, `,"time":"`...)
@@ -161,9 +184,6 @@ func appendRecord(b []byte, r *Record, prev []byte) []byte {
 		}
 		b = append(b, '}')
 	}
-	b = append(b, `,"prev":"`...)
-	b = append(b, prev...)
-	b = append(b, '"')
 	return b
 }
 
@@ -232,13 +252,19 @@ const hexDigits = "0123456789abcdef"
 // appendString writes s as a JSON string the way encoding/json would read
 // it back unchanged, except that invalid UTF-8 becomes U+FFFD (as
 // encoding/json does when writing).
+//
+// Beyond what JSON requires it escapes DEL, the C1 controls and the bidi
+// controls: agents choose scopes, task ids and their executable's path, and
+// U+009B (CSI) or U+202E (right-to-left override) written raw would reach
+// the terminal of whoever reads the log (`tail -f`, `agentidd audit tail`)
+// as an escape sequence or a line that reads differently from its bytes.
 func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
+			if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
 				i++
 				continue
 			}
@@ -268,9 +294,9 @@ func appendString(b []byte, s string) []byte {
 			continue
 		}
 		// U+2028/2029 are valid JSON but end lines in some readers.
-		if r == '\u2028' || r == '\u2029' {
+		if r <= 0x9f || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Bidi_Control, r) {
 			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			b = append(b, '\\', 'u', hexDigits[r>>12&0xF], hexDigits[r>>8&0xF], hexDigits[r>>4&0xF], hexDigits[r&0xF])
 			i += size
 			start = i
 			continue
