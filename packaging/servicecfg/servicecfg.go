@@ -184,6 +184,11 @@ func checkPath(goos, what, p string) error {
 		if i := strings.IndexAny(p, `%$"\`); i >= 0 {
 			return fmt.Errorf("%s %q: a systemd unit cannot carry %q in a path; move the file", what, p, p[i])
 		}
+		// systemd refuses to load a unit whose ExecStart binary path has a quote in it ("Executable name contains
+		// special characters"), quoted or not; arguments are double-quoted, so a ' there is literal and fine.
+		if what == "executable" && strings.ContainsRune(p, '\'') {
+			return fmt.Errorf("%s %q: systemd cannot start a binary whose path contains ': move the file", what, p)
+		}
 	}
 	return nil
 }

@@ -73,6 +73,8 @@ func TestServiceConfig(t *testing.T) {
 		{name: "relative executable", p: Params{GOOS: "linux", Executable: "agentidd", ConfigPath: "/c.toml"}, wantErr: "not absolute"},
 		{name: "relative config", p: Params{GOOS: "linux", Executable: "/bin/agentidd", ConfigPath: "c.toml"}, wantErr: "not absolute"},
 		{name: "systemd specifier", p: Params{GOOS: "linux", Executable: "/bin/agentidd", ConfigPath: "/home/u/100%/c.toml"}, wantErr: "cannot carry"},
+		// systemd refuses the whole unit ("Executable name contains special characters"), so the service would never start.
+		{name: "quote in executable", p: Params{GOOS: "linux", Executable: "/home/u/John's tools/agentidd", ConfigPath: "/c.toml"}, wantErr: "contains '"},
 		{name: "systemd variable", p: Params{GOOS: "linux", Executable: "/bin/$X/agentidd", ConfigPath: "/c.toml"}, wantErr: "cannot carry"},
 		{name: "newline injects directives", p: Params{GOOS: "darwin", Executable: "/bin/agentidd", ConfigPath: "/c.toml\n<key>", Home: "/Users/u"}, wantErr: "control character"},
 		{name: "bad writable path", p: Params{GOOS: "linux", Executable: "/bin/agentidd", ConfigPath: "/c.toml", WritablePaths: []string{`/a"b`}}, wantErr: "cannot carry"},
@@ -252,7 +254,8 @@ func TestSystemdInstallRendersVerifiedUnit(t *testing.T) {
 	t.Setenv("XDG_RUNTIME_DIR", rt)
 	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path="+filepath.Join(rt, "no-bus"))
 
-	cfgPath := filepath.Join(home, ".config", "agentidd", "config.toml")
+	// A quote and a space in an argument are fine once double-quoted; systemd-analyze below checks the unit loads.
+	cfgPath := filepath.Join(home, "John's config", "config.toml")
 	c, err := Config(Params{GOOS: "linux", Executable: exe, ConfigPath: cfgPath, WritablePaths: []string{filepath.Join(root, "my state")}})
 	if err != nil {
 		t.Fatal(err)
