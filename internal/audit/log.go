@@ -70,8 +70,9 @@ type Log struct {
 	spare   []byte   // the writer's last buffer, reused
 	seq     uint64   // seq of the last appended line
 	head    [64]byte // hex hash of the last appended line
-	err     error    // sticky write error
-	synced  bool     // everything written has been fsynced
+	err     error    // sticky write or fsync error
+	onFail  func(error)
+	synced  bool // everything written has been fsynced
 	closed  bool
 	dropped int64 // torn bytes removed at Open
 
@@ -206,6 +207,39 @@ func rotated(path string) ([]int, error) {
 // renameFile is os.Rename; tests replace it to refuse the way Windows does while a reader holds the file open.
 var renameFile = os.Rename
 
+// syncFile is (*os.File).Sync; tests replace it to fail the way a disk does.
+var syncFile = (*os.File).Sync
+
+// OnFailure has fn called once, with the error, when the log stops accepting records because a write or an fsync
+// failed (now, if it already has). The caller uses it to stop issuing tokens: Append returns the error from then on,
+// but a token whose record cannot be kept must not be issued at all, and that is the caller's decision. fn runs on
+// the goroutine that hit the error and must not call back into the Log.
+func (l *Log) OnFailure(fn func(error)) {
+	l.mu.Lock()
+	err := l.err
+	if err == nil {
+		l.onFail = fn
+	}
+	l.mu.Unlock()
+	if err != nil {
+		fn(err)
+	}
+}
+
+// failLocked makes err sticky and returns the callback to run once mu is released.
+func (l *Log) failLocked(err error) func() {
+	if l.err != nil {
+		return func() {}
+	}
+	l.err = err
+	fn := l.onFail
+	l.onFail = nil
+	if fn == nil {
+		return func() {}
+	}
+	return func() { fn(err) }
+}
+
 // tailOf returns the last n complete lines of a file; none if it does not exist.
 func tailOf(path string, n int) ([][]byte, error) {
 	f, err := os.Open(path)
@@ -227,11 +261,10 @@ func tailOf(path string, n int) ([][]byte, error) {
 // rotate moves the live file to <path>.1 (shifting older ones up, deleting what is beyond Keep) and continues in a new
 // file. It runs under writeMu. The live file is closed first, because Windows cannot rename an open file; then
 // whichever file is at path is reopened: the new one, or the old one if a rename failed, so the chain goes on and no
-// record is lost either way.
-func (l *Log) rotate() {
-	if err := l.f.Sync(); err != nil {
-		l.log.Warn("audit rotation skipped: fsync failed", "err", err)
-		return
+// record is lost either way. Only a failed fsync is returned: the file's last records may not be on disk (syncNow).
+func (l *Log) rotate() error {
+	if err := syncFile(l.f); err != nil {
+		return fmt.Errorf("audit: fsync before rotation: %w", err)
 	}
 	_ = l.f.Close()
 	if err := l.shiftFiles(); err != nil {
@@ -246,9 +279,10 @@ func (l *Log) rotate() {
 	if err != nil {
 		// l.f stays the closed file: the next write fails and the error sticks, as for any write error.
 		l.log.Error("audit log could not be reopened after rotation", "err", err)
-		return
+		return nil
 	}
 	l.f, l.size = f, fi.Size()
+	return nil
 }
 
 // shiftFiles renames the live file to .1 after moving each rotated file in its way one number up, newest last, so that
@@ -360,22 +394,31 @@ func (l *Log) writeLocked() error {
 		l.mu.Unlock()
 		return nil
 	}
+	var err error
 	if l.size > 0 && l.size+int64(len(buf)) > l.o.MaxSize {
-		l.rotate()
+		err = l.rotate()
 	}
-	n, err := l.f.Write(buf)
-	l.size += int64(n)
+	if err == nil {
+		n, werr := l.f.Write(buf)
+		l.size += int64(n)
+		if werr != nil {
+			err = fmt.Errorf("audit: write: %w", werr)
+		}
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.spare = buf[:0]
 	l.synced = false
 	if err != nil {
 		// The chain in memory has moved past what reached the file; the
 		// log cannot continue without a gap, so stop accepting records.
-		l.err = fmt.Errorf("audit: write: %w", err)
-		return l.err
+		notify := l.failLocked(err)
+		err = l.err
+		l.mu.Unlock()
+		notify()
+		return err
 	}
 	l.wseq, l.whead = seq, head
+	l.mu.Unlock()
 	return nil
 }
 
@@ -425,8 +468,15 @@ func (l *Log) syncNow() (uint64, string, error) {
 		return 0, "", err
 	}
 	// A rotation may have closed f meanwhile; it fsynced f first, and seq is in f either way.
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
-		return 0, "", fmt.Errorf("audit: fsync: %w", err)
+	if err := syncFile(f); err != nil && !errors.Is(err, os.ErrClosed) {
+		// Sticky like a write error: after a failed fsync the kernel may have dropped the unwritten pages and cleared
+		// the error, so a later fsync can succeed over records that never reached the disk.
+		l.mu.Lock()
+		notify := l.failLocked(fmt.Errorf("audit: fsync: %w", err))
+		err = l.err
+		l.mu.Unlock()
+		notify()
+		return 0, "", err
 	}
 	return seq, string(head[:]), nil
 }

@@ -227,6 +227,10 @@ func run(ctx context.Context, o Options) error {
 	b = broker.New(broker.Options{Config: cfg, IdP: d.idp, Cache: d.cache, Consent: d.consent, Audit: d.audit,
 		Attestor: attest.New(d.inspect), Inspector: d.inspect, Now: d.now, Log: d.log})
 	d.broker = b
+	// Fail closed: a token whose record cannot be kept is not issued (docs/consent.md, Audit log).
+	d.audit.OnFailure(func(err error) {
+		b.SetDegraded("the audit log cannot be written (" + err.Error() + "); no token is issued unrecorded: free space in the state directory and restart agentidd")
+	})
 	d.applyPolicy(policy)
 	if why := d.secretsDegradedReason(); why != "" {
 		b.SetDegraded(why)
