@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -19,6 +20,10 @@ import (
 
 // geteuid is a seam so the refusal to install as root is testable without being root.
 var geteuid = os.Geteuid
+
+// serviceSystem is a seam: tests drive kardianos' real systemd backend (with a stand-in systemctl) on machines whose
+// PID 1 is not systemd, where kardianos would pick SysV.
+var serviceSystem = service.ChosenSystem
 
 // serviceCmd is `agentidd service install|uninstall|start|stop|status`: the daemon as a per-user service
 // (systemd --user unit, launchd LaunchAgent, Windows service running as the user). The pure parts live in
@@ -77,6 +82,18 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 			if err := checkServicePlatform(); err != nil {
 				return err
 			}
+			unitPath := servicecfg.UnitPath(runtime.GOOS, home)
+			if unitPath != "" {
+				// Lstat: kardianos would follow a dangling symlink here and write the unit wherever it points.
+				if _, err := os.Lstat(unitPath); err == nil {
+					return fmt.Errorf("already installed (%s): to change the config path or binary, run `agentidd service uninstall`, then install again", unitPath)
+				}
+			}
+			if runtime.GOOS == "linux" {
+				if err := servicecfg.CheckUserManager(os.Getenv("XDG_RUNTIME_DIR")); err != nil {
+					return err
+				}
+			}
 			// Create the directories the unit makes writable (systemd refuses to start a unit whose ReadWritePaths
 			// are missing) and the macOS log directory (launchd creates log files but not their directory).
 			dirs := writable
@@ -96,12 +113,17 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 					}
 				}
 			}
-			s, err := service.New(noopProgram{}, sc)
+			s, err := newService(sc)
 			if err != nil {
-				return fmt.Errorf("service: %w", err)
+				return err
 			}
 			if err := s.Install(); err != nil {
-				return fmt.Errorf("installing the %s service (if it exists, run `agentidd service uninstall` first): %w", s.Platform(), err)
+				// kardianos writes the file before it runs systemctl; left behind, it would make every retry say
+				// "already exists" and `uninstall` fail on the same systemctl error.
+				if unitPath != "" {
+					removePartialInstall(unitPath)
+				}
+				return fmt.Errorf("installing the %s service: %w", s.Platform(), err)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "Installed %s service %q: %s run --config %s\n", s.Platform(), servicecfg.Name, executable, cfgPath)
@@ -123,9 +145,14 @@ func serviceControlCmd(action, short string) *cobra.Command {
 			if err := checkServicePlatform(); err != nil {
 				return err
 			}
-			s, err := service.New(noopProgram{}, controlConfig())
+			if runtime.GOOS == "linux" {
+				if err := servicecfg.CheckUserManager(os.Getenv("XDG_RUNTIME_DIR")); err != nil {
+					return err
+				}
+			}
+			s, err := newService(controlConfig())
 			if err != nil {
-				return fmt.Errorf("service: %w", err)
+				return err
 			}
 			w := cmd.OutOrStdout()
 			switch action {
@@ -176,9 +203,34 @@ func controlConfig() *service.Config {
 	return c
 }
 
+func newService(c *service.Config) (service.Service, error) {
+	sys := serviceSystem()
+	if sys == nil {
+		return nil, errors.New("service: no service manager found")
+	}
+	s, err := sys.New(noopProgram{}, c)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	return s, nil
+}
+
+// removePartialInstall undoes a failed install: the unit file this install wrote and, on systemd, an enable symlink
+// that points at it (enable may succeed before daemon-reload fails).
+func removePartialInstall(unitPath string) {
+	_ = os.Remove(unitPath)
+	if runtime.GOOS != "linux" {
+		return
+	}
+	link := filepath.Join(filepath.Dir(unitPath), "default.target.wants", filepath.Base(unitPath))
+	if target, err := os.Readlink(link); err == nil && target == unitPath {
+		_ = os.Remove(link)
+	}
+}
+
 func checkServicePlatform() error {
 	platform := ""
-	if sys := service.ChosenSystem(); sys != nil {
+	if sys := serviceSystem(); sys != nil {
 		platform = sys.String()
 	}
 	return servicecfg.CheckPlatform(runtime.GOOS, platform)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/kardianos/service"
 )
 
 func TestServiceSubcommands(t *testing.T) {
@@ -94,5 +96,183 @@ func TestServiceReadPassword(t *testing.T) {
 				t.Error("error carries the password")
 			}
 		})
+	}
+}
+
+// systemdHome is a throw-away user for running the real `agentidd service install|uninstall` through kardianos'
+// systemd backend: HOME, XDG dirs and a stand-in systemctl on PATH that logs its arguments, keeps the enable symlink
+// the way systemctl does, and fails like the real one when $FAKE_SYSTEMCTL_FAIL names the verb.
+type systemdHome struct {
+	root, home, exe, config, calls string
+}
+
+func newSystemdHome(t *testing.T) *systemdHome {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("kardianos' systemd backend only exists on Linux")
+	}
+	var systemd service.System
+	for _, s := range service.AvailableSystems() {
+		if s.String() == "linux-systemd" {
+			systemd = s
+		}
+	}
+	if systemd == nil {
+		t.Fatal("kardianos has no linux-systemd backend")
+	}
+	orig := serviceSystem
+	serviceSystem = func() service.System { return systemd }
+	t.Cleanup(func() { serviceSystem = orig })
+	origEUID := geteuid
+	geteuid = func() int { return 1000 }
+	t.Cleanup(func() { geteuid = origEUID })
+
+	root := t.TempDir()
+	h := &systemdHome{root: root, home: filepath.Join(root, "home"), calls: filepath.Join(root, "systemctl.calls")}
+	bin, rt := filepath.Join(root, "fakebin"), filepath.Join(root, "run")
+	for _, d := range []string{h.home, bin, filepath.Join(rt, "systemd"), filepath.Join(h.home, "bin")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The user manager's private socket: its presence is what says a manager is running.
+	if err := os.WriteFile(filepath.Join(rt, "systemd", "private"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unitDir := filepath.Join(h.home, ".config", "systemd", "user")
+	script := `#!/bin/sh
+echo "$@" >> '` + h.calls + `'
+verb=$1
+if [ "$verb" = "$FAKE_SYSTEMCTL_FAIL" ]; then echo "Failed to $verb: Transport endpoint is not connected" >&2; exit 1; fi
+unit='` + unitDir + `'/agentidd.service
+wants='` + unitDir + `'/default.target.wants
+case "$verb" in
+enable) [ -f "$unit" ] || { echo "Unit file agentidd.service does not exist." >&2; exit 1; }
+	mkdir -p "$wants" && ln -sf "$unit" "$wants/agentidd.service" ;;
+disable) [ -f "$unit" ] || { echo "Unit file agentidd.service does not exist." >&2; exit 1; }
+	rm -f "$wants/agentidd.service" ;;
+is-active) echo inactive; exit 3 ;;
+list-unit-files) [ -f "$unit" ] && echo "agentidd.service disabled" ;;
+esac
+exit 0
+`
+	if err := os.WriteFile(filepath.Join(bin, "systemctl"), []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	h.exe = filepath.Join(h.home, "bin", "agentidd")
+	if err := os.WriteFile(h.exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.config = filepath.Join(h.home, ".config", "agentidd", "config.toml")
+	if err := os.MkdirAll(filepath.Dir(h.config), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.config, []byte(`authority = "https://login.microsoftonline.com/11111111-1111-1111-1111-111111111111"
+client_id = "22222222-2222-2222-2222-222222222222"
+blueprint_app_id = "33333333-3333-3333-3333-333333333333"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("HOME", h.home)
+	t.Setenv("XDG_RUNTIME_DIR", rt)
+	t.Setenv("XDG_STATE_HOME", filepath.Join(h.home, ".local", "state"))
+	t.Setenv("XDG_CONFIG_HOME", "")
+	t.Setenv("AGENTIDD_SOCKET", "")
+	t.Setenv("FAKE_SYSTEMCTL_FAIL", "")
+	return h
+}
+
+func (h *systemdHome) unitPath() string {
+	return filepath.Join(h.home, ".config", "systemd", "user", "agentidd.service")
+}
+
+// run executes `agentidd service ARGS...` and returns its output and error.
+func (h *systemdHome) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := serviceCmd(&globals{configPath: h.config})
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetIn(strings.NewReader(""))
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+// TestServiceInstallFailureLeavesNothing: kardianos writes the unit before systemctl runs. When systemctl fails
+// (no user manager on the bus, a daemon-reload error), a retry must not be told "already exists", and nothing
+// half-installed may stay behind.
+func TestServiceInstallFailureLeavesNothing(t *testing.T) {
+	for _, verb := range []string{"enable", "daemon-reload"} {
+		t.Run(verb, func(t *testing.T) {
+			h := newSystemdHome(t)
+			t.Setenv("FAKE_SYSTEMCTL_FAIL", verb)
+			if _, err := h.run(t, "install", "--executable", h.exe); err == nil {
+				t.Fatal("install succeeded although systemctl failed")
+			}
+			if _, err := os.Lstat(h.unitPath()); !os.IsNotExist(err) {
+				t.Errorf("a failed install left %s (stat err %v)", h.unitPath(), err)
+			}
+			wants := filepath.Join(filepath.Dir(h.unitPath()), "default.target.wants", "agentidd.service")
+			if _, err := os.Lstat(wants); !os.IsNotExist(err) {
+				t.Errorf("a failed install left the enable link %s (stat err %v)", wants, err)
+			}
+			t.Setenv("FAKE_SYSTEMCTL_FAIL", "")
+			if out, err := h.run(t, "install", "--executable", h.exe); err != nil {
+				t.Fatalf("retry after the failure: %v\n%s", err, out)
+			}
+		})
+	}
+}
+
+// TestServiceWithoutUserManager: under su or sudo -u there is no user manager; every command must say so and what
+// to do, instead of systemctl's bare "exit status 1", and install must write nothing.
+func TestServiceWithoutUserManager(t *testing.T) {
+	for _, rt := range []string{"", "no-manager"} {
+		for _, action := range []string{"install", "uninstall", "start", "stop", "status"} {
+			t.Run(action+"/"+rt, func(t *testing.T) {
+				h := newSystemdHome(t)
+				if rt == "" {
+					t.Setenv("XDG_RUNTIME_DIR", "")
+				} else {
+					t.Setenv("XDG_RUNTIME_DIR", filepath.Join(h.root, rt))
+				}
+				args := []string{action}
+				if action == "install" {
+					args = append(args, "--executable", h.exe)
+				}
+				_, err := h.run(t, args...)
+				if err == nil || !strings.Contains(err.Error(), "no systemd user manager") || !strings.Contains(err.Error(), "enable-linger") {
+					t.Fatalf("%s err = %v, want it to name the missing user manager and the remedy", action, err)
+				}
+				if _, err := os.Lstat(h.unitPath()); !os.IsNotExist(err) {
+					t.Errorf("%s wrote %s without a user manager", action, h.unitPath())
+				}
+				if calls, _ := os.ReadFile(h.calls); len(calls) > 0 {
+					t.Errorf("%s ran systemctl without a user manager: %q", action, calls)
+				}
+			})
+		}
+	}
+}
+
+// TestServiceInstallTwice: a second install refuses, says what to do, and leaves the first unit as it was (the
+// clean-up of a failed install must never remove a unit it did not write).
+func TestServiceInstallTwice(t *testing.T) {
+	h := newSystemdHome(t)
+	if out, err := h.run(t, "install", "--executable", h.exe); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	first, err := os.ReadFile(h.unitPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.run(t, "install", "--executable", h.exe)
+	if err == nil || !strings.Contains(err.Error(), "already installed") || !strings.Contains(err.Error(), "uninstall") {
+		t.Fatalf("second install err = %v, want it to say the service is installed and how to replace it", err)
+	}
+	if again, err := os.ReadFile(h.unitPath()); err != nil || !bytes.Equal(again, first) {
+		t.Errorf("second install changed or removed the unit (err %v)", err)
 	}
 }

@@ -7,6 +7,7 @@ package servicecfg
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -189,6 +190,34 @@ func checkPath(goos, what, p string) error {
 		if what == "executable" && strings.ContainsRune(p, '\'') {
 			return fmt.Errorf("%s %q: systemd cannot start a binary whose path contains ': move the file", what, p)
 		}
+	}
+	return nil
+}
+
+// UnitPath is the file kardianos writes for the user's service: ~/.config/systemd/user/agentidd.service on Linux,
+// ~/Library/LaunchAgents/agentidd.plist on macOS. Windows keeps its services in the service control manager, not in a
+// file: "".
+func UnitPath(goos, home string) string {
+	switch goos {
+	case "linux":
+		return filepath.Join(home, ".config", "systemd", "user", Name+".service")
+	case "darwin":
+		return filepath.Join(home, "Library", "LaunchAgents", Name+".plist")
+	}
+	return ""
+}
+
+// CheckUserManager says whether `systemctl --user` can reach the user's systemd instance, which listens on
+// $XDG_RUNTIME_DIR/systemd/private. Without it (su or sudo -u into the account, an SSH session on a host without
+// pam_systemd or lingering) every systemctl call fails with a bare "exit status 1", after a unit file was written.
+func CheckUserManager(runtimeDir string) error {
+	const hint = "log in as this user (su and sudo -u start no user manager), or run `loginctl enable-linger $USER` " +
+		"and log in again"
+	if runtimeDir == "" {
+		return errors.New("no systemd user manager: XDG_RUNTIME_DIR is not set; " + hint)
+	}
+	if _, err := os.Stat(filepath.Join(runtimeDir, "systemd", "private")); err != nil {
+		return fmt.Errorf("no systemd user manager is running for you (%s): %s", err, hint)
 	}
 	return nil
 }
