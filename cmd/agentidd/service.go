@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -34,9 +35,9 @@ func serviceCmd(g *globals) *cobra.Command {
 		Short: "Install and control agentidd as a per-user service (systemd --user, launchd agent, Windows service)",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(serviceInstallCmd(g), serviceControlCmd("uninstall", "Stop and remove the service (state and config are kept)"),
-		serviceControlCmd("start", "Start the service"), serviceControlCmd("stop", "Stop the service"),
-		serviceControlCmd("status", "Say whether the service is installed and running"))
+	cmd.AddCommand(serviceInstallCmd(g), serviceControlCmd(g, "uninstall", "Stop and remove the service (state and config are kept)"),
+		serviceControlCmd(g, "start", "Start the service"), serviceControlCmd(g, "stop", "Stop the service"),
+		serviceControlCmd(g, "status", "Say whether the service is installed and running"))
 	return cmd
 }
 
@@ -136,7 +137,7 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func serviceControlCmd(action, short string) *cobra.Command {
+func serviceControlCmd(g *globals, action, short string) *cobra.Command {
 	return &cobra.Command{
 		Use:   action,
 		Short: short,
@@ -174,12 +175,26 @@ func serviceControlCmd(action, short string) *cobra.Command {
 				fmt.Fprintln(w, logsHint())
 				return nil
 			case "uninstall":
+				// kardianos fails on a missing unit (systemctl disable, or removing the plist) with an error that
+				// does not say why; uninstalling what is not there is done already.
+				if home, err := os.UserHomeDir(); err == nil {
+					if unit := servicecfg.UnitPath(runtime.GOOS, home); unit != "" {
+						if _, err := os.Lstat(unit); errors.Is(err, fs.ErrNotExist) {
+							fmt.Fprintf(w, "agentidd service: not installed (no %s); nothing to remove.\n", unit)
+							if runtime.GOOS == "linux" {
+								fmt.Fprintln(w, "A packaged unit you enabled yourself is turned off with `systemctl --user disable --now agentidd`.")
+							}
+							return nil
+						}
+					}
+				}
 				// Stop first so no daemon keeps the socket after its unit is gone; "not running" is fine here.
 				_ = s.Stop()
 				if err := s.Uninstall(); err != nil {
 					return fmt.Errorf("uninstalling the service: %w", err)
 				}
-				fmt.Fprintln(w, "Service removed. Config, state and audit log are kept; docs/install.md says how to remove them.")
+				fmt.Fprintln(w, "Service removed.")
+				fmt.Fprintln(w, keptHint(g))
 				return nil
 			case "start":
 				err = s.Start()
@@ -234,6 +249,24 @@ func checkServicePlatform() error {
 		platform = sys.String()
 	}
 	return servicecfg.CheckPlatform(runtime.GOOS, platform)
+}
+
+// keptHint names what uninstall leaves behind, so removing it is a choice the user can act on.
+func keptHint(g *globals) string {
+	var kept []string
+	if path, err := g.configFile(); err == nil {
+		kept = append(kept, "config "+path)
+		if cfg, err := g.config(); err == nil {
+			kept = append(kept, "state and audit log "+cfg.StateDir)
+		}
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		if d := servicecfg.LogDir(runtime.GOOS, home); d != "" {
+			kept = append(kept, "logs "+d)
+		}
+	}
+	return "Kept: " + strings.Join(append(kept, "the data key in the OS secret store"), "; ") +
+		". docs/install.md (Removing your data) says how to remove them."
 }
 
 func logsHint() string {

@@ -276,3 +276,34 @@ func TestServiceInstallTwice(t *testing.T) {
 		t.Errorf("second install changed or removed the unit (err %v)", err)
 	}
 }
+
+// TestServiceUninstallIdempotent: install then uninstall leaves no unit and no enable link and names what it kept;
+// uninstalling again (or never having installed) is not an error.
+func TestServiceUninstallIdempotent(t *testing.T) {
+	h := newSystemdHome(t)
+	out, err := h.run(t, "uninstall")
+	if err != nil || !strings.Contains(out, "not installed") {
+		t.Fatalf("uninstall before install = %v, output %q; want a note that nothing is installed", err, out)
+	}
+	if out, err := h.run(t, "install", "--executable", h.exe); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	out, err = h.run(t, "uninstall")
+	if err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	unitDir := filepath.Dir(h.unitPath())
+	for _, p := range []string{h.unitPath(), filepath.Join(unitDir, "default.target.wants", "agentidd.service")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("uninstall left %s (stat err %v)", p, err)
+		}
+	}
+	for _, want := range []string{"config " + h.config, "state and audit log " + filepath.Join(h.home, ".local", "state", "agentidd")} {
+		if !strings.Contains(out, want) {
+			t.Errorf("uninstall output does not name what it kept (%q):\n%s", want, out)
+		}
+	}
+	if out, err := h.run(t, "uninstall"); err != nil || !strings.Contains(out, "not installed") {
+		t.Fatalf("second uninstall = %v, output %q", err, out)
+	}
+}
