@@ -114,6 +114,13 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 					}
 				}
 			}
+			if unitPath != "" {
+				// kardianos makes this directory 0777 and (on macOS) the plist 0666, less the umask: under a lax
+				// umask another local user could rewrite what runs as this user at every login.
+				if err := os.MkdirAll(filepath.Dir(unitPath), 0o700); err != nil {
+					return fmt.Errorf("creating %s: %w", filepath.Dir(unitPath), err)
+				}
+			}
 			s, err := newService(sc)
 			if err != nil {
 				return err
@@ -125,6 +132,11 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 					removePartialInstall(unitPath)
 				}
 				return fmt.Errorf("installing the %s service: %w", s.Platform(), err)
+			}
+			if unitPath != "" {
+				if err := os.Chmod(unitPath, 0o644); err != nil {
+					return fmt.Errorf("installed, but could not make %s writable only by you: %w", unitPath, err)
+				}
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "Installed %s service %q: %s run --config %s\n", s.Platform(), servicecfg.Name, executable, cfgPath)
