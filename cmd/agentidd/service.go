@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"runtime"
@@ -59,10 +60,16 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 			if runtime.GOOS != "windows" && geteuid() == 0 {
 				return errors.New("refusing to install as root: run `agentidd service install` as the user whose agents it serves")
 			}
-			if executable == "" {
-				if executable, err = os.Executable(); err != nil {
+			explicit := executable != ""
+			if !explicit {
+				exe, err := os.Executable()
+				if err != nil {
 					return fmt.Errorf("finding the agentidd binary (pass --executable): %w", err)
 				}
+				executable = pickExecutable(exe, os.Args[0])
+			}
+			if err := checkExecutable(executable, explicit, cmd.ErrOrStderr()); err != nil {
+				return err
 			}
 			home, err := os.UserHomeDir()
 			if err != nil {
@@ -228,6 +235,75 @@ func controlConfig() *service.Config {
 		c.Option = service.KeyValue{"UserService": true}
 	}
 	return c
+}
+
+// pickExecutable prefers the path the user ran over os.Executable's: on Linux that resolves symlinks, so a
+// Homebrew, Nix or ~/.local/bin link would pin the unit to a versioned file that the next upgrade deletes.
+func pickExecutable(exe, arg0 string) string {
+	var invoked string
+	if strings.ContainsRune(arg0, filepath.Separator) {
+		invoked, _ = filepath.Abs(arg0)
+	} else if p, err := exec.LookPath(arg0); err == nil {
+		invoked, _ = filepath.Abs(p)
+	}
+	if invoked == "" || invoked == exe {
+		return exe
+	}
+	a, errA := os.Stat(invoked)
+	b, errB := os.Stat(exe)
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		return exe
+	}
+	return invoked
+}
+
+// checkExecutable refuses a binary the service manager could not start at every login, or that someone else
+// could swap for their own code: the service runs it as this user, holding the user's sign-in.
+func checkExecutable(path string, explicit bool, warn io.Writer) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("the service's binary: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("the service's binary %s is not a regular file", path)
+	}
+	if runtime.GOOS != "windows" {
+		if fi.Mode().Perm()&0o111 == 0 {
+			return fmt.Errorf("the service's binary %s is not executable", path)
+		}
+		if fi.Mode().Perm()&0o002 != 0 {
+			return fmt.Errorf("the service's binary %s is writable by every user; fix its mode (chmod o-w) or install it elsewhere", path)
+		}
+		// In a world-writable directory without the sticky bit anyone can replace the file.
+		if di, err := os.Stat(filepath.Dir(path)); err == nil && di.Mode().Perm()&0o002 != 0 && di.Mode()&fs.ModeSticky == 0 {
+			return fmt.Errorf("the service's binary is in %s, which every user can write to; install it elsewhere", filepath.Dir(path))
+		}
+	}
+	if inTempDir(path) {
+		if !explicit {
+			return fmt.Errorf("this agentidd runs from a temporary directory (%s; `go run`?) that will not outlive it: "+
+				"install the binary, then pass --executable PATH", path)
+		}
+		fmt.Fprintf(warn, "Warning: %s is in a temporary directory; the service fails once it is cleaned up. Prefer a stable path such as ~/.local/bin/agentidd.\n", path)
+	}
+	return nil
+}
+
+func inTempDir(path string) bool {
+	// `go run` builds under $GOTMPDIR when set, which need not be below the temp dir.
+	if strings.Contains(path, string(filepath.Separator)+"go-build") {
+		return true
+	}
+	dirs := []string{os.TempDir()}
+	if runtime.GOOS != "windows" {
+		dirs = append(dirs, "/tmp", "/var/tmp")
+	}
+	for _, d := range dirs {
+		if d = filepath.Clean(d); d != "" && strings.HasPrefix(path, d+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
 }
 
 func newService(c *service.Config) (service.Service, error) {

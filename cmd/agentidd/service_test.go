@@ -307,3 +307,96 @@ func TestServiceUninstallIdempotent(t *testing.T) {
 		t.Fatalf("second uninstall = %v, output %q", err, out)
 	}
 }
+
+// TestServiceInstallChecksExecutable: the unit must name a binary that exists, that only its owner can replace, and
+// that outlives the install; each refused install writes no unit.
+func TestServiceInstallChecksExecutable(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, h *systemdHome) []string
+		wantErr string
+	}{
+		{name: "missing", setup: func(t *testing.T, h *systemdHome) []string {
+			return []string{"--executable", filepath.Join(h.home, "bin", "agentid")}
+		}, wantErr: "no such file"},
+		{name: "not executable", setup: func(t *testing.T, h *systemdHome) []string {
+			if err := os.Chmod(h.exe, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"--executable", h.exe}
+		}, wantErr: "not executable"},
+		{name: "directory", setup: func(t *testing.T, h *systemdHome) []string {
+			return []string{"--executable", filepath.Dir(h.exe)}
+		}, wantErr: "not a regular file"},
+		{name: "world-writable file", setup: func(t *testing.T, h *systemdHome) []string {
+			if err := os.Chmod(h.exe, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"--executable", h.exe}
+		}, wantErr: "writable by every user"},
+		{name: "world-writable directory", setup: func(t *testing.T, h *systemdHome) []string {
+			if err := os.Chmod(filepath.Dir(h.exe), 0o777); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"--executable", h.exe}
+		}, wantErr: "every user can write to"},
+		// The test binary lives in go's temporary build directory, as a `go run` one does.
+		{name: "default binary in a temporary directory", setup: func(t *testing.T, h *systemdHome) []string {
+			return nil
+		}, wantErr: "temporary directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if runtime.GOOS == "windows" && strings.Contains(tt.name, "writable") {
+				t.Skip("no POSIX modes")
+			}
+			h := newSystemdHome(t)
+			_, err := h.run(t, append([]string{"install"}, tt.setup(t, h)...)...)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("install err = %v, want it to mention %q", err, tt.wantErr)
+			}
+			if _, err := os.Lstat(h.unitPath()); !os.IsNotExist(err) {
+				t.Errorf("a refused install wrote %s", h.unitPath())
+			}
+		})
+	}
+}
+
+// TestPickExecutable: a binary reached through a symlink (Homebrew's bin/, a Nix profile, ~/.local/bin) is
+// installed under the link, which survives upgrades, not under the versioned file os.Executable resolves to.
+func TestPickExecutable(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("symlinks need privileges on Windows")
+	}
+	dir := t.TempDir()
+	real := filepath.Join(dir, "Cellar", "agentidd", "1.0", "bin", "agentidd")
+	link := filepath.Join(dir, "bin", "agentidd")
+	other := filepath.Join(dir, "other", "agentidd")
+	for _, p := range []string{real, other} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", filepath.Dir(link))
+	tests := []struct{ name, arg0, want string }{
+		{"run by name through PATH", "agentidd", link},
+		{"run by path", link, link},
+		{"run as the real file", real, real},
+		{"a different agentidd on PATH", other, real},
+		{"not found", "agentidd-nope", real},
+	}
+	for _, tt := range tests {
+		if got := pickExecutable(real, tt.arg0); got != tt.want {
+			t.Errorf("%s: pickExecutable(%q) = %q, want %q", tt.name, tt.arg0, got, tt.want)
+		}
+	}
+}
