@@ -71,7 +71,9 @@ type Broker struct {
 	limits    atomic.Pointer[limiter]
 	attested  *attestCache
 	degraded  atomic.Pointer[string]
-	launches  launchSet // `agentidd exec` trees (launch.go)
+	// auditBroken says why the audit log stopped taking records; once set, no token is issued (see respond).
+	auditBroken atomic.Pointer[string]
+	launches    launchSet // `agentidd exec` trees (launch.go)
 
 	// keyInfo remembers, per cache key, what a refresh needs that the key only hashes: the raw claims and the grant.
 	keyInfo keyInfos
@@ -209,12 +211,21 @@ func (b *Broker) SetDegraded(why string) {
 	b.degraded.Store(&why)
 }
 
-// Degraded returns the current degradation, or "".
+// Degraded returns the current degradation, or "": the audit log's failure first, since only a restart ends it.
 func (b *Broker) Degraded() string {
+	if p := b.auditBroken.Load(); p != nil {
+		return *p
+	}
 	if p := b.degraded.Load(); p != nil {
 		return *p
 	}
 	return ""
+}
+
+// SetAuditFailed stops token issue for good (until a restart): the audit log can no longer record decisions. The first
+// reason given stays.
+func (b *Broker) SetAuditFailed(why string) {
+	b.auditBroken.CompareAndSwap(nil, &why)
 }
 
 // call is one authorized request.
@@ -258,9 +269,10 @@ func (b *Broker) getToken(ctx context.Context, peer *ipc.PeerInfo, in *agentidv1
 	// IdP.
 	// A cache hit with nothing reset since authorize was attested a moment ago: only liveness can have changed.
 	if err := b.stillAttested(c, src != cache.SourceCache || b.attested.generation() != c.attestGen); err != nil {
+		b.auditDenied(c, err)
 		return nil, err
 	}
-	return b.respond(c, tok, src), nil
+	return b.respond(c, tok, src)
 }
 
 // stillAttested checks, before a token leaves, that the caller is alive and (with reattest) still attests as its agent
@@ -281,12 +293,20 @@ func (b *Broker) stillAttested(c *call, reattest bool) error {
 	return err
 }
 
-func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.GetTokenResponse {
+// respond records the token's issue and builds the answer. A token the audit log cannot record does not leave: every
+// issue must be attributable to both principals afterwards, and a full disk must not become a way to act unrecorded.
+func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) (*agentidv1.GetTokenResponse, error) {
 	source := agentidv1.TokenSource_TOKEN_SOURCE_IDP
 	if src == cache.SourceCache {
 		source = agentidv1.TokenSource_TOKEN_SOURCE_CACHE
 	}
-	auditID, _ := b.audit.Append(b.recordIssued(c, src, &tok))
+	auditID, err := b.audit.Append(b.recordIssued(c, src, &tok))
+	if err != nil {
+		why := "the audit log cannot be written (" + err.Error() + "); no token is issued unrecorded: free space in the state directory and restart agentidd"
+		b.SetAuditFailed(why)
+		b.log.Error("a token was withheld: the audit log cannot be written", "agent", c.agent.Name, "err", err)
+		return nil, rpcError(codes.FailedPrecondition, ReasonAuditUnavailable, why, 0, nil)
+	}
 	mode := agentidv1.Mode_MODE_OBO
 	if c.req.mode == "app" {
 		mode = agentidv1.Mode_MODE_APP
@@ -304,7 +324,7 @@ func (b *Broker) respond(c *call, tok cache.Token, src cache.Source) *agentidv1.
 		Source:  source,
 		AuditId: auditID,
 		Mode:    mode,
-	}
+	}, nil
 }
 
 // authorize runs every check before the cache. On error the returned call holds what was learned, for the audit record.
@@ -342,8 +362,11 @@ func (b *Broker) authorize(ctx context.Context, peer *ipc.PeerInfo, in *agentidv
 	if ok, retry := b.limits.Load().allow(agent.Name); !ok {
 		return rpcError(codes.ResourceExhausted, ReasonRateLimited, "too many token requests from agent "+agent.Name, retry, nil)
 	}
-	if why := b.Degraded(); why != "" {
-		return rpcError(codes.FailedPrecondition, ReasonSecretStore, why, 0, nil)
+	if p := b.auditBroken.Load(); p != nil {
+		return rpcError(codes.FailedPrecondition, ReasonAuditUnavailable, *p, 0, nil)
+	}
+	if p := b.degraded.Load(); p != nil {
+		return rpcError(codes.FailedPrecondition, ReasonSecretStore, *p, 0, nil)
 	}
 	c.user = b.idp.Account()
 	if c.user == nil {
@@ -540,29 +563,40 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 	// the cached token was minted under another grant covering the same key (two tasks' grants, say).
 	sub := b.cache.WatchGrant(c.key, c.grant.ID)
 	defer sub.Finish()
-	if !b.grantLive(c.grant.ID) { // revoked between authorize and the subscription: that purge reached nobody
-		return b.fetchError(ctx, ErrGrantGone)
+	// Every refusal after authorize is a decision like the ones authorize makes, and is recorded as they are.
+	deny := func(err error) error {
+		b.auditDenied(c, err)
+		return err
 	}
-	tok, _, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh)
+	if !b.grantLive(c.grant.ID) { // revoked between authorize and the subscription: that purge reached nobody
+		return deny(b.fetchError(ctx, ErrGrantGone))
+	}
+	tok, src, err := b.cache.Get(ctx, c.key, c.req.minTTL, c.req.forceRefresh)
 	if err != nil {
-		return b.fetchError(ctx, err)
+		return deny(b.fetchError(ctx, err))
 	}
 	revoked := func(ev cache.Event) error {
 		_ = stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Revoked{Revoked: &agentidv1.Revocation{Reason: ev.Reason, At: timestamppb.New(b.now())}}})
 		return nil
 	}
 	var sent string
-	send := func(t *cache.Token) error {
+	// src is where a token sent on this stream came from: the first from the Get, every later one a refresh, fresh
+	// from the IdP.
+	send := func(t *cache.Token, src cache.Source) error {
 		if t.AccessToken == sent {
 			return nil // the first token again, or an interaction notice about it: nothing new to hand out
 		}
 		if !b.grantLive(c.grant.ID) {
-			return b.fetchError(ctx, ErrGrantGone)
+			return deny(b.fetchError(ctx, ErrGrantGone))
 		}
 		if err := b.stillAttested(c, true); err != nil {
+			return deny(err)
+		}
+		resp, err := b.respond(c, *t, src)
+		if err != nil {
 			return err
 		}
-		if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: b.respond(c, *t, cache.SourceCache)}}); err != nil {
+		if err := stream.Send(&agentidv1.TokenEvent{Event: &agentidv1.TokenEvent_Token{Token: resp}}); err != nil {
 			return err
 		}
 		sent = t.AccessToken
@@ -581,11 +615,11 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 			return revoked(ev)
 		}
 		if ev.Token != nil {
-			first = ev.Token
+			first, src = ev.Token, cache.SourceIDP
 		}
 	default:
 	}
-	if err := send(first); err != nil {
+	if err := send(first, src); err != nil {
 		return err
 	}
 	for {
@@ -604,7 +638,7 @@ func (b *Broker) WatchToken(in *agentidv1.GetTokenRequest, stream agentidv1.Agen
 			if ev.Token == nil {
 				continue
 			}
-			if err := send(ev.Token); err != nil {
+			if err := send(ev.Token, cache.SourceIDP); err != nil {
 				return err
 			}
 		}

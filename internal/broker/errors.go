@@ -33,6 +33,7 @@ const (
 	ReasonInternal            = "INTERNAL"
 	ReasonGrantRevoked        = "GRANT_REVOKED"         // the grant was revoked while the token was being fetched
 	ReasonMinTTLUnsatisfiable = "MIN_TTL_UNSATISFIABLE" // the IdP's tokens live shorter than the requested min_ttl
+	ReasonAuditUnavailable    = "AUDIT_UNAVAILABLE"     // the audit log cannot be written: no token leaves unrecorded
 )
 
 // rpcError builds a status with ErrorInfo (and RetryInfo when retry > 0). msg is shown to the caller, so it must say

@@ -200,11 +200,14 @@ func TestWatchTokenEndsWithItsOwnGrant(t *testing.T) {
 	revoked := make(chan struct{})
 	close(revoked)
 	// Task A's token is refreshed meanwhile; task B's stream must not get it.
+	refreshed := make(chan struct{})
 	go func() {
+		defer close(refreshed)
 		if _, err := f.b.GetToken(peerCtx(testPID, testStart), &agentidv1.GetTokenRequest{Agent: testAgent,
 			Scopes: []string{testScope}, TaskId: "task-a", ForceRefresh: true}); err != nil {
 			t.Errorf("task A after task B ended: %v", err)
 		}
 	}()
 	endsWithin(t, events, done, revoked, 2*time.Second)
+	<-refreshed // before the test's audit log is closed
 }
