@@ -323,6 +323,8 @@ func TestRecordEncodingDecodes(t *testing.T) {
 		{Seq: 1, Time: time.Unix(0, 1).UTC(), Event: EventSignIn},
 		sample(1),
 		{Seq: 7, Time: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), Event: EventPurge, Reason: "line\nbreak", Peer: Peer{PID: -1}},
+		{Seq: 8, Time: time.Unix(9, 0).UTC(), Event: EventLaunchRegistered, Outcome: OutcomeOK, LaunchID: "l-1", RootPID: 4242,
+			Agent: Agent{Name: "a"}, Peer: Peer{PID: 4241, UID: "1000", Exe: "/usr/bin/agentidd"}},
 	}
 	for _, r := range tests {
 		b := appendRecord(nil, &r, genesis)

@@ -29,7 +29,12 @@ const (
 	EventGrantRevoked    = "grant.revoked"    // revoke, task end, expiry, agent removal
 	EventSignIn          = "signin"
 	EventSignOut         = "signout"
-	EventPurge           = "purge" // cached tokens dropped (revocation, permanent IdP error)
+	EventPurge           = "purge" // cached tokens dropped (revocation, permanent IdP error, policy)
+	// An `agentidd exec` launch makes every process of a tree attest as an agent, so it is a decision like a grant:
+	// Peer is the exec process that asked, Agent the agent, RootPID the tree's root, LaunchID the launch.
+	EventLaunchRegistered = "launch.registered" // ok, or denied with the reason
+	EventLaunchEnded      = "launch.ended"      // the exec process ended it; the tree attests no more
+	EventConsentReset     = "consent.reset"     // remembered denials cleared: agents may prompt again at once
 )
 
 // Outcomes.
@@ -91,6 +96,8 @@ type Record struct {
 	RequestID string    `json:"request_id,omitempty"`
 	TaskID    string    `json:"task_id,omitempty"`
 	RunID     string    `json:"run_id,omitempty"`
+	LaunchID  string    `json:"launch_id,omitempty"`
+	RootPID   int       `json:"root_pid,omitempty"`
 	Peer      Peer      `json:"peer,omitzero"`
 	Token     TokenRef  `json:"token,omitzero"`
 	Prev      string    `json:"prev"`
@@ -151,17 +158,17 @@ func appendBody(b []byte, r *Record) []byte {
 	b = appendField(b, "request_id", r.RequestID, false)
 	b = appendField(b, "task_id", r.TaskID, false)
 	b = appendField(b, "run_id", r.RunID, false)
+	b = appendField(b, "launch_id", r.LaunchID, false)
+	if r.RootPID != 0 {
+		b = append(b, `,"root_pid":`...)
+		b = appendInt(b, r.RootPID)
+	}
 	if r.Peer != (Peer{}) {
 		b = append(b, `,"peer":{`...)
 		first := true
 		if r.Peer.PID != 0 {
 			b = append(b, `"pid":`...)
-			if r.Peer.PID < 0 {
-				b = append(b, '-')
-				b = appendUint(b, uint64(-r.Peer.PID))
-			} else {
-				b = appendUint(b, uint64(r.Peer.PID))
-			}
+			b = appendInt(b, r.Peer.PID)
 			first = false
 		}
 		b = appendMaybe(b, &first, "uid", r.Peer.UID)
@@ -245,6 +252,13 @@ func appendUint(b []byte, v uint64) []byte {
 		}
 	}
 	return append(b, tmp[i:]...)
+}
+
+func appendInt(b []byte, v int) []byte {
+	if v < 0 {
+		return appendUint(append(b, '-'), uint64(-v))
+	}
+	return appendUint(b, uint64(v))
 }
 
 const hexDigits = "0123456789abcdef"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,6 +73,36 @@ func (d *Daemon) adminGateStream(srv any, ss grpc.ServerStream, info *grpc.Strea
 		}
 	}
 	return h(srv, ss)
+}
+
+// adminPeer is an admin caller as an audit record names it. Its executable is the daemon's own: the admin gate let the
+// call through only after checking that, by path and hash.
+func (d *Daemon) adminPeer(p *ipc.PeerInfo) audit.Peer {
+	if p == nil {
+		return audit.Peer{}
+	}
+	uid := p.SID
+	if uid == "" {
+		uid = strconv.Itoa(p.UID)
+	}
+	sum := d.selfHash
+	if len(sum) > 12 {
+		sum = sum[:12]
+	}
+	return audit.Peer{PID: p.PID, UID: uid, Exe: d.selfExe, SHA256: sum}
+}
+
+// signedInUser is the user principal of a record about oid ("": whoever is signed in), with the UPN when oid is the
+// signed-in account: a record about a user who has since signed out keeps the OID it was made with.
+func (d *Daemon) signedInUser(oid string) audit.User {
+	if d.idp == nil {
+		return audit.User{OID: oid}
+	}
+	acct := d.idp.Account()
+	if acct == nil || (oid != "" && acct.OID != oid) {
+		return audit.User{OID: oid}
+	}
+	return audit.User{OID: acct.OID, UPN: acct.UPN}
 }
 
 type admin struct {
@@ -273,6 +304,9 @@ func (a *admin) ResetConsent(ctx context.Context, _ *agentidv1.ResetConsentReque
 		return nil, err
 	}
 	a.d.consent.ResetDenies()
+	peer, _ := ipc.PeerFromContext(ctx) // refuseFromAgentTree has checked it is there
+	_, _ = a.d.audit.Append(audit.Record{Event: audit.EventConsentReset, Outcome: audit.OutcomeOK, User: a.d.signedInUser(""),
+		Reason: "remembered denials cleared", Peer: a.d.adminPeer(peer)})
 	return &agentidv1.ResetConsentResponse{}, nil
 }
 

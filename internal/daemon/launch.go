@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/internal/broker"
 	"github.com/agentidd/agentidd/ipc"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
@@ -22,29 +23,56 @@ func (a *admin) RegisterLaunch(ctx context.Context, in *agentidv1.RegisterLaunch
 	if !ok {
 		return nil, status.Error(codes.PermissionDenied, "launch registration needs peer credentials")
 	}
+	// Every answer is recorded, refusals too: a launch lends the agent's identity to a whole process tree, and a
+	// refused one shows someone tried to borrow it.
+	rec := a.launchRecord(audit.EventLaunchRegistered, owner, in.GetAgent())
+	rec.RootPID = int(in.GetRootPid())
+	deny := func(err error) (*agentidv1.RegisterLaunchResponse, error) {
+		rec.Outcome, rec.Reason = audit.OutcomeDenied, status.Convert(err).Message()
+		_, _ = a.d.audit.Append(rec)
+		return nil, err
+	}
 	if in.GetAgent() == "" || in.GetRootPid() <= 0 {
-		return nil, status.Error(codes.InvalidArgument, "agent and root_pid are required")
+		return deny(status.Error(codes.InvalidArgument, "agent and root_pid are required"))
 	}
 	root, err := a.d.inspect.Inspect(int(in.GetRootPid()))
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "cannot inspect pid %d: it exited or is not visible", in.GetRootPid())
+		return deny(status.Errorf(codes.FailedPrecondition, "cannot inspect pid %d: it exited or is not visible", in.GetRootPid()))
 	}
 	if root.PPID != owner.PID {
-		return nil, status.Errorf(codes.PermissionDenied, "pid %d is not a child of the calling agentidd exec process", root.PID)
+		return deny(status.Errorf(codes.PermissionDenied, "pid %d is not a child of the calling agentidd exec process", root.PID))
 	}
 	if uid := os.Getuid(); uid >= 0 && root.UID != uid {
-		return nil, status.Errorf(codes.PermissionDenied, "pid %d runs as another user", root.PID)
+		return deny(status.Errorf(codes.PermissionDenied, "pid %d runs as another user", root.PID))
 	}
 	l, err := a.d.broker.RegisterLaunch(broker.Launch{Agent: in.GetAgent(), RootPID: root.PID, RootStart: root.StartTime,
 		OwnerPID: owner.PID, OwnerStart: owner.StartTime})
 	if err != nil {
-		return nil, err
+		return deny(err)
 	}
+	rec.Outcome, rec.LaunchID = audit.OutcomeOK, l.ID
+	if ag, ok := a.d.config().Agent(l.Agent); ok {
+		rec.Agent.AppID = ag.AppID
+	}
+	_, _ = a.d.audit.Append(rec)
 	return &agentidv1.RegisterLaunchResponse{LaunchId: l.ID}, nil
 }
 
+// maxLaunchAgentName bounds the agent name a launch record repeats: whoever runs `agentidd exec` chooses it.
+const maxLaunchAgentName = 128
+
+// launchRecord starts a launch record for the exec process owner, in the name of the signed-in user.
+func (a *admin) launchRecord(event string, owner *ipc.PeerInfo, agent string) audit.Record {
+	r := audit.Record{Event: event, User: a.d.signedInUser(""), Peer: a.d.adminPeer(owner)}
+	if len(agent) <= maxLaunchAgentName {
+		r.Agent.Name = agent
+	}
+	return r
+}
+
 // EndLaunch ends the caller's launch. Ending an unknown one is not an error: the daemon may have ended it already
-// because the root exited first.
+// because the root exited first. An end the exec process asks for is recorded (it closes the window a
+// launch.registered record opened); a refused one too, since only a stranger's call is refused.
 func (a *admin) EndLaunch(ctx context.Context, in *agentidv1.EndLaunchRequest) (*agentidv1.EndLaunchResponse, error) {
 	owner, ok := ipc.PeerFromContext(ctx)
 	if !ok {
@@ -54,10 +82,22 @@ func (a *admin) EndLaunch(ctx context.Context, in *agentidv1.EndLaunchRequest) (
 	if !ok {
 		return &agentidv1.EndLaunchResponse{}, nil
 	}
-	if l.OwnerPID != owner.PID || l.OwnerStart != owner.StartTime {
-		return nil, status.Error(codes.PermissionDenied, "only the agentidd exec process that registered a launch may end it")
+	rec := a.launchRecord(audit.EventLaunchEnded, owner, l.Agent)
+	rec.LaunchID, rec.RootPID = l.ID, l.RootPID
+	if ag, ok := a.d.config().Agent(l.Agent); ok {
+		rec.Agent.AppID = ag.AppID
 	}
-	a.d.broker.EndLaunch(l.ID, "agentidd exec ended it")
+	if l.OwnerPID != owner.PID || l.OwnerStart != owner.StartTime {
+		const why = "only the agentidd exec process that registered a launch may end it"
+		rec.Outcome, rec.Reason = audit.OutcomeDenied, why
+		_, _ = a.d.audit.Append(rec)
+		return nil, status.Error(codes.PermissionDenied, why)
+	}
+	const why = "agentidd exec ended it"
+	if a.d.broker.EndLaunch(l.ID, why) {
+		rec.Outcome, rec.Reason = audit.OutcomeOK, why
+		_, _ = a.d.audit.Append(rec)
+	}
 	return &agentidv1.EndLaunchResponse{}, nil
 }
 
