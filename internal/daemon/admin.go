@@ -92,17 +92,24 @@ func (d *Daemon) adminPeer(p *ipc.PeerInfo) audit.Peer {
 	return audit.Peer{PID: p.PID, UID: uid, Exe: d.selfExe, SHA256: sum}
 }
 
-// signedInUser is the user principal of a record about oid ("": whoever is signed in), with the UPN when oid is the
-// signed-in account: a record about a user who has since signed out keeps the OID it was made with.
-func (d *Daemon) signedInUser(oid string) audit.User {
+// signedInUser is the signed-in account as a record's user principal (empty when nobody is signed in).
+func (d *Daemon) signedInUser() audit.User {
 	if d.idp == nil {
-		return audit.User{OID: oid}
+		return audit.User{}
 	}
-	acct := d.idp.Account()
-	if acct == nil || (oid != "" && acct.OID != oid) {
-		return audit.User{OID: oid}
+	if acct := d.idp.Account(); acct != nil {
+		return audit.User{OID: acct.OID, UPN: acct.UPN}
 	}
-	return audit.User{OID: acct.OID, UPN: acct.UPN}
+	return audit.User{}
+}
+
+// auditUser is the user principal of a record about oid, with the UPN when oid is the signed-in account. Only the OID
+// is known otherwise (a grant outlives the sign-in it was made under).
+func (d *Daemon) auditUser(oid string) audit.User {
+	if u := d.signedInUser(); oid != "" && u.OID == oid {
+		return u
+	}
+	return audit.User{OID: oid}
 }
 
 type admin struct {
@@ -305,7 +312,7 @@ func (a *admin) ResetConsent(ctx context.Context, _ *agentidv1.ResetConsentReque
 	}
 	a.d.consent.ResetDenies()
 	peer, _ := ipc.PeerFromContext(ctx) // refuseFromAgentTree has checked it is there
-	_, _ = a.d.audit.Append(audit.Record{Event: audit.EventConsentReset, Outcome: audit.OutcomeOK, User: a.d.signedInUser(""),
+	_, _ = a.d.audit.Append(audit.Record{Event: audit.EventConsentReset, Outcome: audit.OutcomeOK, User: a.d.signedInUser(),
 		Reason: "remembered denials cleared", Peer: a.d.adminPeer(peer)})
 	return &agentidv1.ResetConsentResponse{}, nil
 }

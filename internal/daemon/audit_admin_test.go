@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
@@ -88,5 +89,43 @@ func TestLaunchAndResetAreRecorded(t *testing.T) {
 		t.Errorf("no %s record", audit.EventConsentReset)
 	} else {
 		checkPeer("reset", r)
+	}
+}
+
+// TestRecordsNameTaskUserAndAgent: a record must say on its own line whom and what it is about. A task-bound consent
+// names its task, as does the revocation that ends it (with the user's UPN while that user is signed in), and the
+// purge after an agent identity is refused names the local agent, not only the shared identity.
+func TestRecordsNameTaskUserAndAgent(t *testing.T) {
+	c, emu := lifecycleDaemonWith(t, lifecycleOptions{})
+	ctx := context.Background()
+	mark := lastAuditSeq(t, c)
+
+	const task = "task-42"
+	req := readRequest()
+	req.TaskId = task
+	approvedToken(t, c, req, 0) // 0: for this task only
+	if ended, err := c.Agent.EndTask(ctx, &agentidv1.EndTaskRequest{TaskId: task}); err != nil || len(ended.GetRevokedGrantIds()) != 1 {
+		t.Fatalf("EndTask: %v, revoked %v", err, ended.GetRevokedGrantIds())
+	}
+	records := auditSince(t, c, mark)
+	if r, ok := findRecord(records, audit.EventConsentApproved, audit.OutcomeOK); !ok || r.TaskID != task {
+		t.Errorf("consent record %+v (found %v), want task %s", r, ok, task)
+	}
+	if r, ok := findRecord(records, audit.EventGrantRevoked, audit.OutcomeOK); !ok {
+		t.Errorf("no %s record after EndTask", audit.EventGrantRevoked)
+	} else if r.TaskID != task || r.User.UPN != emutest.DefaultUserUPN || r.User.OID == "" {
+		t.Errorf("revocation record %+v, want task %s and user %s", r, task, emutest.DefaultUserUPN)
+	}
+
+	approvedToken(t, c, readRequest(), time.Hour)
+	mark = lastAuditSeq(t, c)
+	emu.SetAgentEnabled(emutest.AgentAppID, false)
+	if _, err := c.Agent.GetToken(ctx, missRequest(0)); err == nil {
+		t.Fatal("a refused agent identity got a token")
+	}
+	if r, ok := findRecord(auditSince(t, c, mark), audit.EventPurge, audit.OutcomeOK); !ok {
+		t.Error("no purge record after the agent identity was refused")
+	} else if r.Agent.Name != lifecycleAgent || r.Agent.AppID != emutest.AgentAppID {
+		t.Errorf("purge record agent %+v, want %s (%s)", r.Agent, lifecycleAgent, emutest.AgentAppID)
 	}
 }

@@ -379,7 +379,8 @@ func (d *Daemon) onGrantRevoked(g consent.Grant, reason string) {
 		d.tokens.purge(func(s servedToken) bool { return s.Token.GrantID == g.ID })
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventGrantRevoked, Outcome: audit.OutcomeOK, Reason: reason, GrantID: g.ID,
-		User: audit.User{OID: g.UserOID}, Agent: audit.Agent{AppID: g.AgentAppID, Name: g.AgentName}, Mode: g.Mode, Resource: g.Resource, Scopes: g.Scopes})
+		TaskID: g.TaskID, Chain: g.Chain, User: d.auditUser(g.UserOID), Agent: audit.Agent{AppID: g.AgentAppID, Name: g.AgentName},
+		Mode: g.Mode, Resource: g.Resource, Scopes: g.Scopes})
 	d.log.Info("grant revoked", "grant", g.ID, "reason", reason, "purged_tokens", n)
 }
 
@@ -387,7 +388,7 @@ func (d *Daemon) onGrantRevoked(g consent.Grant, reason string) {
 func (d *Daemon) onConsentDecision(dec consent.Decision) {
 	r := audit.Record{Event: audit.EventConsentDenied, Outcome: audit.OutcomeDenied, Reason: dec.Reason, RequestID: dec.Request.ID,
 		User: audit.User{OID: dec.Request.UserOID, UPN: dec.Request.UserUPN}, Agent: audit.Agent{AppID: dec.Request.AgentAppID, Name: dec.Request.AgentName},
-		Chain: dec.Request.Chain, Mode: dec.Request.Mode, Resource: dec.Request.Resource, Scopes: dec.Request.Scopes,
+		Chain: dec.Request.Chain, Mode: dec.Request.Mode, Resource: dec.Request.Resource, Scopes: dec.Request.Scopes, TaskID: dec.Request.TaskID,
 		Peer: audit.Peer{PID: dec.Request.Process.PID, UID: dec.Request.Process.User, Exe: dec.Request.Process.ExePath,
 			SHA256: dec.Request.Process.SHA256Prefix}}
 	if dec.Allowed {
@@ -445,7 +446,7 @@ func (d *Daemon) onPermanent(k cache.Key, err error) {
 		}
 	}
 	_, _ = d.audit.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: e.Error(), User: audit.User{OID: k.UserOID},
-		Agent: audit.Agent{AppID: k.AgentAppID}, Mode: k.Mode, Resource: k.Resource, Scopes: k.Scopes})
+		Agent: audit.Agent{AppID: k.AgentAppID, Name: k.AgentName}, Mode: k.Mode, Resource: k.Resource, Scopes: k.Scopes})
 	attrs := []any{"class", e.Class.String(), "purged", n}
 	if r != nil {
 		attrs = append(attrs, "refusal_remembered_for", refusalMemory.String())

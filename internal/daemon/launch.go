@@ -63,7 +63,7 @@ const maxLaunchAgentName = 128
 
 // launchRecord starts a launch record for the exec process owner, in the name of the signed-in user.
 func (a *admin) launchRecord(event string, owner *ipc.PeerInfo, agent string) audit.Record {
-	r := audit.Record{Event: event, User: a.d.signedInUser(""), Peer: a.d.adminPeer(owner)}
+	r := audit.Record{Event: event, User: a.d.signedInUser(), Peer: a.d.adminPeer(owner)}
 	if len(agent) <= maxLaunchAgentName {
 		r.Agent.Name = agent
 	}
