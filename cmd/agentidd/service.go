@@ -81,7 +81,7 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("finding the current account: %w", err)
 				}
-				p.WindowsUser = u.Username
+				p.WindowsUser, p.WindowsSID = u.Username, u.Uid // on Windows, Uid is the SID
 			}
 			sc, err := servicecfg.Config(p)
 			if err != nil {
@@ -146,7 +146,7 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 				}
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "Installed %s service %q: %s run --config %s\n", s.Platform(), servicecfg.Name, executable, cfgPath)
+			fmt.Fprintf(w, "Installed %s service %q: %s run --config %s\n", s.Platform(), sc.Name, executable, cfgPath)
 			fmt.Fprintln(w, "It starts at your next login; start it now with `agentidd service start`.")
 			fmt.Fprintln(w, logsHint())
 			return nil
@@ -170,7 +170,11 @@ func serviceControlCmd(g *globals, action, short string) *cobra.Command {
 					return err
 				}
 			}
-			s, err := newService(controlConfig())
+			cc, err := controlConfig()
+			if err != nil {
+				return err
+			}
+			s, err := newService(cc)
 			if err != nil {
 				return err
 			}
@@ -228,13 +232,26 @@ func serviceControlCmd(g *globals, action, short string) *cobra.Command {
 	}
 }
 
-// controlConfig names the installed service; start/stop/status/uninstall need only where it lives, not what it runs.
-func controlConfig() *service.Config {
-	c := &service.Config{Name: servicecfg.Name}
+// controlConfig names the current user's installed service; start/stop/status/uninstall need only where it lives,
+// not what it runs.
+func controlConfig() (*service.Config, error) {
+	sid := ""
+	if runtime.GOOS == "windows" {
+		u, err := user.Current()
+		if err != nil {
+			return nil, fmt.Errorf("finding the current account: %w", err)
+		}
+		sid = u.Uid // on Windows, Uid is the SID
+	}
+	name, err := servicecfg.ServiceName(runtime.GOOS, sid)
+	if err != nil {
+		return nil, err
+	}
+	c := &service.Config{Name: name}
 	if runtime.GOOS != "windows" {
 		c.Option = service.KeyValue{"UserService": true}
 	}
-	return c
+	return c, nil
 }
 
 // pickExecutable prefers the path the user ran over os.Executable's: on Linux that resolves symlinks, so a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"runtime"
 	"sync"
 	"time"
@@ -23,8 +24,16 @@ func RunManaged(run func(ctx context.Context) error) (handled bool, err error) {
 	if runtime.GOOS != "windows" || service.Interactive() {
 		return false, nil
 	}
+	u, err := user.Current()
+	if err != nil {
+		return true, fmt.Errorf("service: finding the account it runs as: %w", err)
+	}
+	name, err := ServiceName(runtime.GOOS, u.Uid) // on Windows, Uid is the SID
+	if err != nil {
+		return true, fmt.Errorf("service: %w", err)
+	}
 	p := NewProgram(run, os.Exit)
-	s, err := service.New(p, &service.Config{Name: Name})
+	s, err := service.New(p, &service.Config{Name: name})
 	if err != nil {
 		return true, fmt.Errorf("service: %w", err)
 	}

@@ -18,11 +18,9 @@ import (
 )
 
 const (
-	// Name is the service name everywhere: the systemd unit agentidd.service, the launchd label and plist
-	// ~/Library/LaunchAgents/agentidd.plist, and the Windows service.
+	// Name is the service name: the systemd unit agentidd.service, the launchd label and plist
+	// ~/Library/LaunchAgents/agentidd.plist. Windows services are machine-wide, so there it is ServiceName's.
 	Name = "agentidd"
-	// DisplayName is what the Windows services console shows.
-	DisplayName = "agentidd"
 	// Description says what the daemon is for.
 	Description = "agentidd: Entra Agent ID tokens for local AI agents"
 
@@ -44,9 +42,44 @@ type Params struct {
 	// WindowsUser is the account the Windows service runs as (DOMAIN\user or .\user). Required on Windows:
 	// a LocalSystem daemon would hold every user's tokens under one identity, which is what agentidd exists to avoid.
 	WindowsUser string
+	// WindowsSID is that account's SID, which names the service (ServiceName).
+	WindowsSID string
 	// WritablePaths are directories the systemd unit must be able to write besides its own state, config and
 	// runtime directories (a state_dir or socket the config moves elsewhere).
 	WritablePaths []string
+}
+
+// ServiceName is the installed service's name for the user whose SID is sid (Windows) or for the current user
+// (elsewhere, where user services live in the user's own namespace). Windows services share one machine-wide
+// namespace: one name for everyone would stop a second user from installing theirs, and let one user's
+// `agentidd service uninstall` (from an elevated prompt) remove another user's service.
+func ServiceName(goos, sid string) (string, error) {
+	if goos != "windows" {
+		return Name, nil
+	}
+	if !validSID(sid) {
+		return "", fmt.Errorf("the Windows service is named after the account's SID, and %q is not one", sid)
+	}
+	return Name + "-" + sid, nil
+}
+
+// validSID accepts the string form of a Windows SID ("S-1-5-21-…"): it becomes part of a service name, so it must
+// hold nothing else.
+func validSID(sid string) bool {
+	if !strings.HasPrefix(sid, "S-1-") || len(sid) > 184 {
+		return false
+	}
+	for _, part := range strings.Split(sid[len("S-1-"):], "-") {
+		if part == "" {
+			return false
+		}
+		for _, r := range part {
+			if r < '0' || r > '9' {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Config builds the kardianos configuration for p. The Windows password is deliberately not a Params field:
@@ -59,8 +92,7 @@ func Config(p Params) (*service.Config, error) {
 		return nil, err
 	}
 	c := &service.Config{
-		Name:        Name,
-		DisplayName: DisplayName,
+		DisplayName: Name,
 		Description: Description,
 		Executable:  p.Executable,
 		Arguments:   []string{"run", "--config", p.ConfigPath},
@@ -95,6 +127,8 @@ func Config(p Params) (*service.Config, error) {
 			return nil, errors.New("the Windows service needs the account to run as; refusing to install it as LocalSystem")
 		}
 		c.UserName = p.WindowsUser
+		// The services console lists every user's; say whose this is.
+		c.DisplayName = Name + " (" + p.WindowsUser + ")"
 		c.Option = service.KeyValue{
 			"StartType":              "automatic",
 			"OnFailure":              "restart",
@@ -104,6 +138,11 @@ func Config(p Params) (*service.Config, error) {
 	default:
 		return nil, fmt.Errorf("no per-user service support on %s: start `agentidd run` from your session instead", p.GOOS)
 	}
+	name, err := ServiceName(p.GOOS, p.WindowsSID)
+	if err != nil {
+		return nil, err
+	}
+	c.Name = name
 	return c, nil
 }
 

@@ -56,10 +56,13 @@ func TestServiceConfig(t *testing.T) {
 		},
 		{
 			name: "windows service as the user",
-			p:    Params{GOOS: "windows", Executable: `C:\Users\u\AppData\Local\Programs\agentidd\agentidd.exe`, ConfigPath: `C:\Users\u\AppData\Roaming\agentidd\config.toml`, WindowsUser: `CORP\u`},
+			p:    Params{GOOS: "windows", Executable: `C:\Users\u\AppData\Local\Programs\agentidd\agentidd.exe`, ConfigPath: `C:\Users\u\AppData\Roaming\agentidd\config.toml`, WindowsUser: `CORP\u`, WindowsSID: testSID},
 			check: func(t *testing.T, c *service.Config) {
 				if c.UserName != `CORP\u` {
 					t.Errorf("UserName = %q", c.UserName)
+				}
+				if c.DisplayName != `agentidd (CORP\u)` {
+					t.Errorf("DisplayName = %q", c.DisplayName)
 				}
 				wantOpt(t, c, "OnFailure", "restart")
 				wantOpt(t, c, "OnFailureDelayDuration", "5s")
@@ -79,7 +82,8 @@ func TestServiceConfig(t *testing.T) {
 		{name: "newline injects directives", p: Params{GOOS: "darwin", Executable: "/bin/agentidd", ConfigPath: "/c.toml\n<key>", Home: "/Users/u"}, wantErr: "control character"},
 		{name: "bad writable path", p: Params{GOOS: "linux", Executable: "/bin/agentidd", ConfigPath: "/c.toml", WritablePaths: []string{`/a"b`}}, wantErr: "cannot carry"},
 		{name: "windows without account", p: Params{GOOS: "windows", Executable: `C:\a.exe`, ConfigPath: `C:\c.toml`}, wantErr: "LocalSystem"},
-		{name: "windows unix path", p: Params{GOOS: "windows", Executable: "/bin/agentidd", ConfigPath: `C:\c.toml`, WindowsUser: "u"}, wantErr: "not absolute"},
+		{name: "windows unix path", p: Params{GOOS: "windows", Executable: "/bin/agentidd", ConfigPath: `C:\c.toml`, WindowsUser: "u", WindowsSID: testSID}, wantErr: "not absolute"},
+		{name: "windows without SID", p: Params{GOOS: "windows", Executable: `C:\a.exe`, ConfigPath: `C:\c.toml`, WindowsUser: "u"}, wantErr: "SID"},
 		{name: "darwin relative home", p: Params{GOOS: "darwin", Executable: "/bin/agentidd", ConfigPath: "/c.toml", Home: "u"}, wantErr: "home"},
 		{name: "unsupported os", p: Params{GOOS: "plan9", Executable: "/bin/agentidd", ConfigPath: "/c.toml"}, wantErr: "no per-user service"},
 	}
@@ -95,7 +99,11 @@ func TestServiceConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.Name != "agentidd" || c.Description != Description || c.Executable != tt.p.Executable {
+			wantName := "agentidd"
+			if tt.p.GOOS == "windows" {
+				wantName = "agentidd-" + testSID
+			}
+			if c.Name != wantName || c.Description != Description || c.Executable != tt.p.Executable {
 				t.Errorf("Name %q, Description %q, Executable %q", c.Name, c.Description, c.Executable)
 			}
 			if want := []string{"run", "--config", tt.p.ConfigPath}; !reflect.DeepEqual(c.Arguments, want) {
@@ -103,6 +111,28 @@ func TestServiceConfig(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+const testSID = "S-1-5-21-1004336348-1177238915-682003330-512"
+
+// Windows services share one machine-wide namespace: two users' services must not collide, and nothing but a SID may
+// reach the name.
+func TestServiceName(t *testing.T) {
+	a, errA := ServiceName("windows", testSID)
+	b, errB := ServiceName("windows", "S-1-5-21-1004336348-1177238915-682003330-1001")
+	if errA != nil || errB != nil || a == b || a != "agentidd-"+testSID {
+		t.Errorf("two users: %q (%v), %q (%v)", a, errA, b, errB)
+	}
+	for _, bad := range []string{"", "S-1-", "S-1-5--21", "S-1-5-21 x", `S-1-5\..`, "CORP\\u", "S-1-5-21-1\nBinPath"} {
+		if name, err := ServiceName("windows", bad); err == nil {
+			t.Errorf("ServiceName(%q) = %q, want an error", bad, name)
+		}
+	}
+	for _, goos := range []string{"linux", "darwin"} {
+		if name, err := ServiceName(goos, ""); err != nil || name != "agentidd" {
+			t.Errorf("%s: %q, %v", goos, name, err)
+		}
 	}
 }
 
