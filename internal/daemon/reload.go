@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -429,14 +431,75 @@ func (d *Daemon) applyPolicy(p *config.Policy) {
 		return !ok
 	}
 	const reason = "the managed policy no longer allows this token"
-	if n := d.cache.PurgeMatching(refused, reason); n > 0 {
-		_, _ = d.audit.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: fmt.Sprintf("%s (%d tokens)", reason, n)})
-	}
+	purged := &purgedKeys{}
+	d.cache.PurgeMatching(purged.collect(refused), reason)
+	purged.record(d.audit, reason)
 	if d.store != nil {
 		d.tokens.purge(func(s servedToken) bool { return refused(s.Key) })
 	}
 	if err := d.consent.SetMaxGrant(p.GrantCap()); err != nil {
 		d.log.Warn("grants shortened to the managed policy's cap, but not saved", "err", err)
+	}
+}
+
+// maxPolicyPurgeRecords bounds the records one policy load writes: a policy that refuses everything (an unreadable
+// one) purges every token, and the log should say whose, not grow by one line per scope set.
+const maxPolicyPurgeRecords = 32
+
+// purgeGroup is what a policy purge record is about: one agent's tokens for one resource, for one user.
+type purgeGroup struct{ user, agentName, appID, mode, resource string }
+
+// purgedKeys gathers the keys a policy purge removed, so that its records say which agents and resources the policy
+// narrowed.
+type purgedKeys struct {
+	mu         sync.Mutex
+	collecting bool
+	n          map[purgeGroup]int
+}
+
+// collect wraps match to count the keys it selects while the purge runs. The cache keeps match afterwards to discard
+// fetches that were under way; those are not tokens this purge removed, so they are not counted.
+func (pk *purgedKeys) collect(match func(cache.Key) bool) func(cache.Key) bool {
+	pk.collecting, pk.n = true, map[purgeGroup]int{}
+	return func(k cache.Key) bool {
+		if !match(k) {
+			return false
+		}
+		pk.mu.Lock()
+		if pk.collecting {
+			pk.n[purgeGroup{k.UserOID, k.AgentName, k.AgentAppID, k.Mode, k.Resource}]++
+		}
+		pk.mu.Unlock()
+		return true
+	}
+}
+
+// record writes one purge record per agent and resource, at most maxPolicyPurgeRecords, then one for the rest.
+func (pk *purgedKeys) record(l *audit.Log, reason string) {
+	pk.mu.Lock()
+	pk.collecting = false
+	groups := make([]purgeGroup, 0, len(pk.n))
+	for g := range pk.n {
+		groups = append(groups, g)
+	}
+	counts := pk.n
+	pk.mu.Unlock()
+	slices.SortFunc(groups, func(a, b purgeGroup) int {
+		return cmp.Or(cmp.Compare(a.agentName, b.agentName), cmp.Compare(a.appID, b.appID), cmp.Compare(a.resource, b.resource),
+			cmp.Compare(a.mode, b.mode), cmp.Compare(a.user, b.user))
+	})
+	for i, g := range groups {
+		if i == maxPolicyPurgeRecords {
+			rest := 0
+			for _, g := range groups[i:] {
+				rest += counts[g]
+			}
+			_, _ = l.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK,
+				Reason: fmt.Sprintf("%s (%d more tokens of %d more agent and resource pairs)", reason, rest, len(groups)-i)})
+			return
+		}
+		_, _ = l.Append(audit.Record{Event: audit.EventPurge, Outcome: audit.OutcomeOK, Reason: fmt.Sprintf("%s (%d tokens)", reason, counts[g]),
+			User: audit.User{OID: g.user}, Agent: audit.Agent{AppID: g.appID, Name: g.agentName}, Mode: g.mode, Resource: g.resource})
 	}
 }
 
