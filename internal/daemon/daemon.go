@@ -125,8 +125,8 @@ func run(ctx context.Context, o Options) error {
 		return err
 	}
 	d.cfg = cfg
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("creating state directory: %w", err)
+	if err := d.makeStateDir(cfg.StateDir); err != nil {
+		return err
 	}
 	d.inspect = platform.NewProcessInspector()
 	if d.selfExe, err = os.Executable(); err != nil {
@@ -306,6 +306,32 @@ func run(ctx context.Context, o Options) error {
 	_ = ln.Close()
 	if restart {
 		return errSecretStoreRecovered
+	}
+	return nil
+}
+
+// makeStateDir creates the state directory private to the user, and makes an existing one private: MkdirAll leaves a
+// directory made earlier by hand or an older install as it was, and one open to other users lets them list what the
+// files' own modes do not hide (the audit log's rotated files, a "file" secret store's entries) or swap a file by
+// rename. The store narrows its directory too, but only once the secret store opens, and silently: the audit log is
+// opened either way, and a mode changed under the user should be said. Windows has no mode bits here; the
+// directory's ACL is the user profile's.
+func (d *Daemon) makeStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("checking state directory: %w", err)
+	}
+	if was := fi.Mode().Perm(); was&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("state directory %s has mode %#o and cannot be made 0700 (%w): chmod 700 it, or set state_dir to a directory of yours", dir, was, err)
+		}
+		d.log.Warn("state directory mode tightened to 0700", "dir", dir, "was", fmt.Sprintf("%#o", was))
 	}
 	return nil
 }
