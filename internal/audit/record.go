@@ -261,6 +261,11 @@ func appendInt(b []byte, v int) []byte {
 	return appendUint(b, uint64(v))
 }
 
+// Quote returns s as a JSON string escaped as records are (appendString), for text shown beside records that did not
+// come from Append: a damaged line `agentidd audit tail` prints is whatever was written into the file, and
+// encoding/json would hand its C1 and bidi controls to the reader's terminal.
+func Quote(s string) string { return string(appendString(make([]byte, 0, len(s)+2), s)) }
+
 const hexDigits = "0123456789abcdef"
 
 // appendString writes s as a JSON string the way encoding/json would read

@@ -338,11 +338,10 @@ func (a *admin) AuditTail(_ context.Context, in *agentidv1.AuditTailRequest) (*a
 	for _, line := range lines {
 		var r audit.Record
 		if json.Unmarshal(line, &r) != nil {
-			// A damaged line is shown for what it is, as JSON like the rest (quoted, so no control character reaches
-			// the terminal), instead of failing the whole tail.
-			b, _ := json.Marshal(map[string]string{"unreadable_line": string(line[:min(len(line), 200)]),
-				"hint": "not an audit record: run `agentidd audit verify`"})
-			out.Lines = append(out.Lines, string(b))
+			// A damaged line is shown for what it is, as JSON like the rest, instead of failing the whole tail. Quoted
+			// as records are: whoever damaged it chose its bytes, and a C1 or bidi control must not reach the terminal.
+			out.Lines = append(out.Lines, `{"unreadable_line":`+audit.Quote(string(line[:min(len(line), 200)]))+
+				`,"hint":"not an audit record: run `+"`agentidd audit verify`"+`"}`)
 			continue
 		}
 		b, err := json.Marshal(r)
