@@ -229,7 +229,7 @@ func run(ctx context.Context, o Options) error {
 	d.broker = b
 	// Fail closed: a token whose record cannot be kept is not issued (docs/consent.md, Audit log).
 	d.audit.OnFailure(func(err error) {
-		b.SetDegraded("the audit log cannot be written (" + err.Error() + "); no token is issued unrecorded: free space in the state directory and restart agentidd")
+		b.SetAuditFailed("the audit log cannot be written (" + err.Error() + "); no token is issued unrecorded: free space in the state directory and restart agentidd")
 	})
 	d.applyPolicy(policy)
 	if why := d.secretsDegradedReason(); why != "" {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/agentidd/agentidd/internal/entraemu/emutest"
+	"github.com/agentidd/agentidd/ipc"
 )
 
 // TestAuditWriteFailureStopsTokens: when the audit log cannot be written (here the daemon's file size limit stands in
@@ -51,8 +52,8 @@ func TestAuditWriteFailureStopsTokens(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(lastErr.Error(), "audit log cannot be written") {
-		t.Fatalf("refusal does not say why: %v", lastErr)
+	if !strings.Contains(lastErr.Error(), "audit log cannot be written") || ipc.ErrorInfo(lastErr).GetReason() != "AUDIT_UNAVAILABLE" {
+		t.Fatalf("refusal does not say why: %v (reason %q)", lastErr, ipc.ErrorInfo(lastErr).GetReason())
 	}
 	// It stays refused: the failure is sticky until a restart.
 	time.Sleep(300 * time.Millisecond)
