@@ -34,6 +34,12 @@ func (a *recordingAuditor) Append(r audit.Record) (string, error) {
 	return "1", nil
 }
 
+func (a *recordingAuditor) all() []audit.Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]audit.Record(nil), a.records...)
+}
+
 func (a *recordingAuditor) denials() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/agentidd/agentidd/internal/attest"
+	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/ipc"
 	"github.com/agentidd/agentidd/platform"
 	agentidv1 "github.com/agentidd/agentidd/proto/agentid/v1"
@@ -124,15 +125,34 @@ func (b *Broker) watchLaunch(e *launchEntry) {
 			return
 		case <-t.C:
 		}
+		why := ""
 		switch {
 		case !b.sameProcess(e.l.RootPID, e.l.RootStart):
-			b.EndLaunch(e.l.ID, "the launched process exited")
-			return
+			why = "the launched process exited"
 		case !b.sameProcess(e.l.OwnerPID, e.l.OwnerStart):
-			b.EndLaunch(e.l.ID, "the agentidd exec process exited")
-			return
+			why = "the agentidd exec process exited"
+		default:
+			continue
 		}
+		if b.EndLaunch(e.l.ID, why) {
+			b.recordLaunchEnd(e.l, why)
+		}
+		return
 	}
+}
+
+// recordLaunchEnd records an end the daemon noticed itself, as the exec process's own end call is recorded: the audit
+// log then shows when each launch.registered window closed.
+func (b *Broker) recordLaunchEnd(l Launch, why string) {
+	r := audit.Record{Event: audit.EventLaunchEnded, Outcome: audit.OutcomeOK, Reason: why, LaunchID: l.ID, RootPID: l.RootPID,
+		Agent: audit.Agent{Name: l.Agent}}
+	if ag, ok := b.cfg.Load().Agent(l.Agent); ok {
+		r.Agent.AppID = ag.AppID
+	}
+	if u := b.idp.Account(); u != nil {
+		r.User = audit.User{OID: u.OID, UPN: u.UPN}
+	}
+	_, _ = b.audit.Append(r)
 }
 
 func (b *Broker) sameProcess(pid int, start uint64) bool {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/agentidd/agentidd/internal/audit"
 	"github.com/agentidd/agentidd/internal/cache"
 	"github.com/agentidd/agentidd/internal/config"
 	"github.com/agentidd/agentidd/internal/consent"
@@ -161,5 +162,39 @@ func TestLaunchTokenRefusesAnotherClientID(t *testing.T) {
 	_, err = lb.b.LaunchToken(context.Background(), owner, lb.l.ID, launchKid, req, strings.ToUpper(testAppID))
 	if reasonOf(err) != ReasonConsentPending {
 		t.Fatalf("the agent's own client_id: %v, want CONSENT_PENDING", err)
+	}
+}
+
+// A launch the daemon ends itself, because its command exited, is recorded like one the exec process ends: the audit
+// log shows when the window its launch.registered record opened closed.
+func TestLaunchEndNoticedIsRecorded(t *testing.T) {
+	lb := newLaunchBroker(t)
+	rec := &recordingAuditor{}
+	lb.b.audit = rec
+	lb.ins.mu.Lock()
+	lb.ins.rootGone = true
+	lb.ins.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, live := lb.b.LaunchByID(lb.l.ID); !live {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the launch outlived its command")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var ends []audit.Record
+	for _, r := range rec.all() {
+		if r.Event == audit.EventLaunchEnded {
+			ends = append(ends, r)
+		}
+	}
+	if len(ends) != 1 {
+		t.Fatalf("%d launch.ended records, want 1", len(ends))
+	}
+	if r := ends[0]; r.LaunchID != lb.l.ID || r.RootPID != launchRoot || r.Agent.Name != testAgent || r.Agent.AppID != testAppID ||
+		r.User.OID != testUser || r.Outcome != audit.OutcomeOK || r.Reason != "the launched process exited" {
+		t.Errorf("record %+v", r)
 	}
 }
