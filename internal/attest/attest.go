@@ -45,6 +45,7 @@ type Result struct {
 	Via     string // ViaExe or ViaLaunch
 	ExePath string
 	SHA256  string // empty when a launch-attested exe could not be hashed
+	Launch  string // with ViaLaunch, the launch's id: the audit records of the tree's tokens name it
 }
 
 // maxAncestry bounds the parent walk for launch bindings; real launch
@@ -142,10 +143,10 @@ func (a *Attestor) Attest(peer platform.Process, agent Agent) (Result, error) {
 	}
 	na.Found = prefix(found)
 
-	if ok, err := a.launchedAs(peer, agent.Name); err != nil {
+	if id, err := a.launchedAs(peer, agent.Name); err != nil {
 		return Result{}, err
-	} else if ok {
-		res := Result{Agent: agent.Name, Via: ViaLaunch, ExePath: peer.ExePath, SHA256: found}
+	} else if id != "" {
+		res := Result{Agent: agent.Name, Via: ViaLaunch, ExePath: peer.ExePath, SHA256: found, Launch: id}
 		if res.SHA256 == "" && peer.ExePath != "" {
 			// For the audit record only; a launch binding does not depend on it.
 			res.SHA256, _ = a.ins.ExeDigest(peer.ImageToHash())
@@ -184,28 +185,32 @@ func (a *Attestor) LaunchRoots() []LaunchRoot {
 	return out
 }
 
-// launchedAs reports whether peer is, or descends from, a launch root
-// registered for agent.
-func (a *Attestor) launchedAs(peer platform.Process, agent string) (bool, error) {
+// launchedAs returns the id of the launch registered for agent whose root
+// peer is or descends from, or "" for none.
+func (a *Attestor) launchedAs(peer platform.Process, agent string) (string, error) {
+	type root struct {
+		id string
+		launch
+	}
 	a.mu.Lock()
-	var roots []launch
-	for _, l := range a.launches {
+	var roots []root
+	for id, l := range a.launches {
 		if l.agent == agent {
-			roots = append(roots, l)
+			roots = append(roots, root{id, l})
 		}
 	}
 	a.mu.Unlock()
 	if len(roots) == 0 {
-		return false, nil
+		return "", nil
 	}
 	for _, l := range roots {
 		if l.rootPID == peer.PID && l.startTime == peer.StartTime {
-			return true, nil
+			return l.id, nil
 		}
 	}
 	anc, err := a.ins.Ancestors(peer.PID, maxAncestry)
 	if err != nil && !errors.Is(err, platform.ErrNoSuchProcess) {
-		return false, fmt.Errorf("attest agent %q: %w", agent, err)
+		return "", fmt.Errorf("attest agent %q: %w", agent, err)
 	}
 	// A gone ancestor ends the walk early; what was read is still valid
 	// ancestry, and a broken chain fails closed.
@@ -221,11 +226,11 @@ func (a *Attestor) launchedAs(peer platform.Process, agent string) (bool, error)
 				continue
 			}
 			if p.StartTime == l.startTime {
-				return true, nil
+				return l.id, nil
 			}
 		}
 	}
-	return false, nil
+	return "", nil
 }
 
 func prefix(hash string) string {

@@ -704,6 +704,7 @@ func (b *Broker) record(c *call, event, outcome, reason string, tok *cache.Token
 	if c.peer != nil {
 		r.Peer = audit.Peer{PID: c.peer.PID, UID: peerUser(c.peer), Exe: c.proc.ExePath, SHA256: prefix(c.via.SHA256)}
 	}
+	r.LaunchID = c.via.Launch
 	if tok != nil {
 		r.Token = audit.TokenRef{SHA256: tok.Fingerprint, ExpiresAt: tok.ExpiresAt}
 	}

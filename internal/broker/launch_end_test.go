@@ -198,3 +198,31 @@ func TestLaunchEndNoticedIsRecorded(t *testing.T) {
 		t.Errorf("record %+v", r)
 	}
 }
+
+// The records of a launched tree's requests name the launch, so the audit log ties each token to the launch.registered
+// record (who ran `agentidd exec`, for which agent) that let the process attest.
+func TestLaunchTreeRecordsNameTheLaunch(t *testing.T) {
+	lb := newLaunchBroker(t)
+	rec := &recordingAuditor{}
+	lb.b.audit = rec
+	kid := ipc.ContextWithPeerForTest(context.Background(), ipc.NewPeerInfoForTest(0, 0, launchKid, "", launchKidStart, nil))
+	req := &agentidv1.GetTokenRequest{Agent: testAgent, Scopes: []string{testScope}}
+	if _, err := lb.b.GetToken(kid, req); reasonOf(err) != ReasonConsentPending {
+		t.Fatalf("first request: %v", err)
+	}
+	if _, err := lb.cm.Decide(lb.cm.Pending()[0].ID, true, time.Hour, consent.ViaTerminal); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lb.b.GetToken(kid, req); err != nil {
+		t.Fatal(err)
+	}
+	records := rec.all()
+	if len(records) != 2 {
+		t.Fatalf("%d records, want the pending denial and the issue", len(records))
+	}
+	for _, r := range records {
+		if r.LaunchID != lb.l.ID {
+			t.Errorf("%s record names launch %q, want %q", r.Event, r.LaunchID, lb.l.ID)
+		}
+	}
+}
