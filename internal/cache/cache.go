@@ -241,9 +241,10 @@ const (
 	defaultRefreshWindow = 15 * time.Minute
 	defaultMaxPerAgent   = 1000
 
-	// missGate is the longest misses are answered from the offline state without asking the IdP. The refresh backoff
-	// grows to 5 minutes, which suits tokens still being served, but an agent with nothing cached waits on the IdP's
-	// return: one probe per missGate notices it soon enough and costs a down IdP next to nothing.
+	// missGate is the longest our own backoff keeps misses from the IdP. The refresh backoff grows to 5 minutes, which
+	// suits tokens still being served, but an agent with nothing cached waits on the IdP's return: one probe per
+	// missGate notices it soon enough and costs a down IdP next to nothing. An IdP that asked for longer (Retry-After)
+	// is not asked sooner.
 	missGate = 30 * time.Second
 )
 
@@ -291,7 +292,9 @@ type Cache struct {
 	// measured from it, and a gated miss answers with it.
 	lastTransient    time.Time
 	lastTransientErr error
-	probe            *call // the miss sent to the IdP while offline, if it is still out
+	// throttledUntil is the end of the longest Retry-After the IdP has sent: no miss probes it before then.
+	throttledUntil time.Time
+	probe          *call // the miss sent to the IdP while offline, if it is still out
 }
 
 type entry struct {
@@ -741,6 +744,9 @@ func (c *Cache) noteErrorLocked(class Class, err error, now time.Time) {
 	if c.retryAfter != nil {
 		after = c.retryAfter(err)
 	}
+	if until := now.Add(after); after > 0 && until.After(c.throttledUntil) {
+		c.throttledUntil = until
+	}
 	if c.retryAt.IsZero() || !now.Before(c.retryAt) {
 		c.retryAt = now.Add(max(c.backoff.Delay(c.failures), after))
 		c.failures++
@@ -750,8 +756,9 @@ func (c *Cache) noteErrorLocked(class Class, err error, now time.Time) {
 }
 
 // offlineLocked returns the answer for a miss that must not start an exchange now, or nil. Offline, misses wait for the
-// retry time, but never more than missGate after the latest transient failure, and only one goes out at a time: the
-// first miss after that is the probe, and its success puts the cache back online.
+// retry time, but never more than missGate after the latest transient failure unless the IdP asked for longer, and
+// only one goes out at a time: the first miss after that is the probe, and its success puts the cache back online. The
+// delay a gated miss is given is the time until the next probe may go.
 func (c *Cache) offlineLocked(now time.Time) *OfflineError {
 	if c.online {
 		return nil
@@ -760,10 +767,13 @@ func (c *Cache) offlineLocked(now time.Time) *OfflineError {
 	if c.retryAt.Before(open) {
 		open = c.retryAt
 	}
+	if c.throttledUntil.After(open) {
+		open = c.throttledUntil
+	}
 	if c.probe == nil && !now.Before(open) {
 		return nil
 	}
-	retry := c.retryAt.Sub(now)
+	retry := open.Sub(now)
 	if retry <= 0 {
 		retry = time.Second // only the probe is holding misses back
 	}

@@ -15,11 +15,16 @@ var errThrottled = fmt.Errorf("fake: throttled: %w", errTransient)
 const throttleFor = 20 * time.Second
 
 func offlineHarness(t *testing.T, b Backoff) *harness {
+	return throttledHarness(t, b, throttleFor)
+}
+
+// throttledHarness is offlineHarness with errThrottled carrying a Retry-After of throttle.
+func throttledHarness(t *testing.T, b Backoff, throttle time.Duration) *harness {
 	return newHarness(t, false, func(o *Options) {
 		o.Backoff = b
 		o.RetryAfter = func(err error) time.Duration {
 			if errors.Is(err, errThrottled) {
-				return throttleFor
+				return throttle
 			}
 			return 0
 		}
@@ -157,7 +162,7 @@ func TestOfflineMissGate(t *testing.T) {
 	}
 }
 
-// TestOfflineMissGateBounded: however long the retry time (the backoff's cap, a long Retry-After), a miss goes to the
+// TestOfflineMissGateBounded: however long the retry time of our own backoff, a miss goes to the
 // IdP 30 s after the latest failure, so a recovered IdP is noticed within 30 s. The probe's failure does not lengthen
 // the backoff again within the window.
 func TestOfflineMissGateBounded(t *testing.T) {
@@ -171,7 +176,8 @@ func TestOfflineMissGateBounded(t *testing.T) {
 		t.Fatalf("retry in %v, want minutes (the backoff's first step)", retry.Sub(t0))
 	}
 	h.clk.Set(t0.Add(missGate - time.Second))
-	wantGated(t, missAll(h, keysFrom(1, 1), false)[0], errTransient, retry.Sub(h.clk.Now()))
+	// Told to come back when the probe may go, not when the backoff's minutes run out.
+	wantGated(t, missAll(h, keysFrom(1, 1), false)[0], errTransient, time.Second)
 	if n := h.idp.calls.Load(); n != 1 {
 		t.Fatalf("fetches = %d before 30 s, want 1", n)
 	}
@@ -184,7 +190,7 @@ func TestOfflineMissGateBounded(t *testing.T) {
 		t.Errorf("the probe's failure moved the retry time from %v to %v within the window", retry, r)
 	}
 	h.clk.Set(t0.Add(missGate + missGate/2))
-	wantGated(t, missAll(h, keysFrom(2, 1), false)[0], errTransient, retry.Sub(h.clk.Now()))
+	wantGated(t, missAll(h, keysFrom(2, 1), false)[0], errTransient, missGate/2)
 	if n := h.idp.calls.Load(); n != 2 {
 		t.Fatalf("fetches = %d, want 2: one probe per 30 s", n)
 	}
@@ -217,6 +223,26 @@ func TestOfflineRetryAfterHonoured(t *testing.T) {
 	}
 	h.idp.setErr(nil)
 	h.clk.Set(t0.Add(throttleFor))
+	if _, _, err := h.c.Get(context.Background(), testKey(1), time.Minute, true); err != nil {
+		t.Fatalf("miss after the Retry-After: %v", err)
+	}
+}
+
+// TestOfflineLongRetryAfterNotProbed: an IdP that asked for more than 30 s (Retry-After) is not probed by a miss before
+// that time, and gated misses are told how long is left of it.
+func TestOfflineLongRetryAfterNotProbed(t *testing.T) {
+	h := throttledHarness(t, Backoff{Min: time.Second, Max: 5 * time.Minute}, 2*time.Minute)
+	h.idp.setErr(errThrottled)
+	if _, _, err := h.c.Get(context.Background(), testKey(0), time.Minute, true); !errors.Is(err, errThrottled) {
+		t.Fatalf("first miss: %v", err)
+	}
+	h.clk.Set(t0.Add(missGate + time.Second))
+	wantGated(t, missAll(h, keysFrom(1, 1), true)[0], errThrottled, 2*time.Minute-missGate-time.Second)
+	if n := h.idp.calls.Load(); n != 1 {
+		t.Fatalf("fetches = %d within a 2-minute Retry-After, want 1", n)
+	}
+	h.idp.setErr(nil)
+	h.clk.Set(t0.Add(2 * time.Minute))
 	if _, _, err := h.c.Get(context.Background(), testKey(1), time.Minute, true); err != nil {
 		t.Fatalf("miss after the Retry-After: %v", err)
 	}

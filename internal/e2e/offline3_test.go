@@ -82,12 +82,14 @@ func TestOfflineMissBurstBacksOff(t *testing.T) {
 	}
 }
 
-// TestOfflineMissProbeEvery30s: throttled with a Retry-After of 2 minutes, misses are answered from the offline state
-// with the time left of the latest Retry-After, and the IdP sees one miss probe 30 s after its answer, not one per miss.
-func TestOfflineMissProbeEvery30s(t *testing.T) {
+// TestOfflineMissHonoursRetryAfter: throttled with a Retry-After longer than the 30 s our own backoff keeps misses
+// back, misses are answered from the offline state with the time left of it, and the IdP is not asked again before it
+// ends, not even by the probe that would otherwise go at 30 s. Once it has passed, a miss reaches the recovered IdP.
+func TestOfflineMissHonoursRetryAfter(t *testing.T) {
+	const retryAfter = 35 * time.Second
 	e := lifecycleEnv(t, 0)
 	c := lifecycleReady(t, e)
-	if err := e.emu.InjectFault(emutest.Fault{Endpoint: "token", Kind: "throttle", RetryAfter: 120}); err != nil {
+	if err := e.emu.InjectFault(emutest.Fault{Endpoint: "token", Kind: "throttle", RetryAfter: int(retryAfter / time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	defer e.emu.ClearFaults()
@@ -95,23 +97,28 @@ func TestOfflineMissProbeEvery30s(t *testing.T) {
 
 	start := time.Now()
 	took, err := offline3Miss(c, lifecycleScopes[:1], true)
-	if d := offline3WantUnavailable(t, "throttled miss", err, took); d < 110*time.Second || d > 121*time.Second {
-		t.Errorf("retry delay %v, want the Retry-After (120s)", d)
+	if d := offline3WantUnavailable(t, "throttled miss", err, took); d < retryAfter-5*time.Second || d > retryAfter+time.Second {
+		t.Errorf("retry delay %v, want the Retry-After (%v)", d, retryAfter)
 	}
 	misses := 1
-	for time.Since(start) < 33*time.Second {
+	for time.Since(start) < 32*time.Second {
 		took, err := offline3Miss(c, lifecycleScopes[misses%12:misses%12+1], misses%2 == 0)
 		d := offline3WantUnavailable(t, "miss while throttled", err, took)
-		// The rest of the latest Retry-After: the first answer's, then the probe's.
-		if d < 80*time.Second || d > 121*time.Second {
-			t.Errorf("retry delay %v at %v, want the rest of the 120s Retry-After", d, time.Since(start).Round(time.Second))
+		if left := retryAfter - time.Since(start); d < left-5*time.Second || d > left+time.Second {
+			t.Errorf("retry delay %v at %v, want the rest of the Retry-After (%v)", d, time.Since(start).Round(time.Second), left.Round(time.Second))
 		}
 		misses++
 		time.Sleep(200 * time.Millisecond)
 	}
 	n := offline3TokenRequests(e)
 	t.Logf("%d misses over %v while throttled: %d token requests", misses, time.Since(start).Round(time.Second), n)
-	if n != 2 {
-		t.Errorf("token requests = %d, want 2: the first miss and one probe 30 s later", n)
+	if n != 1 {
+		t.Errorf("token requests = %d, want 1: nothing after the first miss within the Retry-After", n)
+	}
+
+	e.emu.ClearFaults()
+	time.Sleep(time.Until(start.Add(retryAfter + time.Second)))
+	if _, err := offline3Miss(c, lifecycleScopes[:1], true); err != nil {
+		t.Fatalf("miss after the Retry-After: %v", err)
 	}
 }
