@@ -456,10 +456,9 @@ func (b *Broker) fetchError(ctx context.Context, err error) error {
 			"the identity provider could not be reached moments ago and is not asked again before the retry delay; no valid cached token exists: retry later",
 			off.RetryIn, nil)
 	}
-	var retry time.Duration
-	if online, at := b.cache.Online(); !online && at.After(b.now()) {
-		retry = at.Sub(b.now())
-	}
+	// Offline, the time until the next miss may reach the IdP: the backoff's own retry time can be minutes away while a
+	// miss probes within 30 s.
+	retry := b.cache.MissRetryIn()
 	if errors.Is(err, cache.ErrNoAnswerYet) {
 		// The exchange is still running and its token will be cached: a short retry hint, unless already offline.
 		return rpcError(codes.Unavailable, ReasonIdPUnreachable,

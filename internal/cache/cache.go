@@ -763,6 +763,14 @@ func (c *Cache) offlineLocked(now time.Time) *OfflineError {
 	if c.online {
 		return nil
 	}
+	if c.probe == nil && !now.Before(c.missGateOpensLocked()) {
+		return nil
+	}
+	return &OfflineError{RetryIn: c.missRetryInLocked(now), Err: c.lastTransientErr}
+}
+
+// missGateOpensLocked is when, offline, the next miss may go to the IdP.
+func (c *Cache) missGateOpensLocked() time.Time {
 	open := c.lastTransient.Add(missGate)
 	if c.retryAt.Before(open) {
 		open = c.retryAt
@@ -770,14 +778,25 @@ func (c *Cache) offlineLocked(now time.Time) *OfflineError {
 	if c.throttledUntil.After(open) {
 		open = c.throttledUntil
 	}
-	if c.probe == nil && !now.Before(open) {
-		return nil
+	return open
+}
+
+func (c *Cache) missRetryInLocked(now time.Time) time.Duration {
+	if retry := c.missGateOpensLocked().Sub(now); retry > 0 {
+		return retry
 	}
-	retry := open.Sub(now)
-	if retry <= 0 {
-		retry = time.Second // only the probe is holding misses back
+	return time.Second // only the probe is holding misses back
+}
+
+// MissRetryIn is the delay to give a miss that failed while offline: until the next miss may go to the IdP. Zero
+// while online.
+func (c *Cache) MissRetryIn() time.Duration {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.online {
+		return 0
 	}
-	return &OfflineError{RetryIn: retry, Err: c.lastTransientErr}
+	return c.missRetryInLocked(c.wallNow())
 }
 
 func addIndex(ix map[string]map[string]*entry, v string, e *entry) {
