@@ -36,7 +36,9 @@ type AgentIdentityClient interface {
 	// GetToken returns an access token for the named agent: in OBO mode the token's subject is the signed-in user and its
 	// actor the agent identity; in APP mode the agent identity acts on its own authority.
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
-	// WatchToken sends the current token, every refreshed token, and a revocation event when the token is purged.
+	// WatchToken sends the current token, every refreshed token, and a revocation event (with the reason) that ends the
+	// stream: when the token is purged, when the grant that authorized the stream ends, or when the token expires before
+	// it could be refreshed. Ask again after a revocation.
 	WatchToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TokenEvent], error)
 	// EndTask revokes every grant bound to the task id.
 	EndTask(ctx context.Context, in *EndTaskRequest, opts ...grpc.CallOption) (*EndTaskResponse, error)
@@ -96,7 +98,9 @@ type AgentIdentityServer interface {
 	// GetToken returns an access token for the named agent: in OBO mode the token's subject is the signed-in user and its
 	// actor the agent identity; in APP mode the agent identity acts on its own authority.
 	GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error)
-	// WatchToken sends the current token, every refreshed token, and a revocation event when the token is purged.
+	// WatchToken sends the current token, every refreshed token, and a revocation event (with the reason) that ends the
+	// stream: when the token is purged, when the grant that authorized the stream ends, or when the token expires before
+	// it could be refreshed. Ask again after a revocation.
 	WatchToken(*GetTokenRequest, grpc.ServerStreamingServer[TokenEvent]) error
 	// EndTask revokes every grant bound to the task id.
 	EndTask(context.Context, *EndTaskRequest) (*EndTaskResponse, error)
