@@ -176,6 +176,10 @@ type Options struct {
 	OnStored func(k Key, t Token)
 	// RetryAfter optionally extracts the IdP's requested delay (429 Retry-After); it is a floor for the backoff.
 	RetryAfter func(error) time.Duration
+	// Answered optionally reports whether a failed fetch's error is the IdP's own answer (a refusal, a challenge), as
+	// opposed to one decided locally or a transport failure. An answer shows the IdP is reachable: an offline cache
+	// goes back online rather than keep holding misses back with IDP_UNREACHABLE.
+	Answered func(error) bool
 	// Backoff for transient refresh failures. Default 1s to 5m.
 	Backoff Backoff
 	// MaxConcurrentRefresh caps background refreshes in flight, so a thousand tokens due at once cannot become a storm.
@@ -260,6 +264,7 @@ type Cache struct {
 	onDropped    func([]Key)
 	maxPerAgent  int
 	retryAfter   func(error) time.Duration
+	answered     func(error) bool
 	backoff      Backoff
 	fetchTimeout time.Duration
 	after        func(time.Duration) <-chan time.Time
@@ -333,6 +338,7 @@ func New(o Options) *Cache {
 		onDropped:    o.OnDropped,
 		maxPerAgent:  o.MaxPerAgent,
 		retryAfter:   o.RetryAfter,
+		answered:     o.Answered,
 		backoff:      o.Backoff,
 		fetchTimeout: o.FetchTimeout,
 		after:        o.After,
@@ -728,6 +734,8 @@ func (c *Cache) noteSuccessLocked() {
 	c.online = true
 	c.failures = 0
 	c.retryAt = time.Time{}
+	// A Retry-After belongs to the outage that sent it; a later one starts from our own backoff.
+	c.throttledUntil = time.Time{}
 }
 
 // noteErrorLocked records a failed fetch. A transient failure lengthens the backoff once per window, however many
@@ -736,6 +744,9 @@ func (c *Cache) noteErrorLocked(class Class, err error, now time.Time) {
 	c.lastErrClass = class.String()
 	c.lastErr = now
 	if class != Transient {
+		if !c.online && c.answered != nil && c.answered(err) {
+			c.noteSuccessLocked() // reached: it refused or challenged, but it is not down
+		}
 		return
 	}
 	c.online = false

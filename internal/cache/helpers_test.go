@@ -130,6 +130,7 @@ var (
 	errTransient   = errors.New("fake: network down")
 	errPermanent   = errors.New("fake: invalid_grant")
 	errInteraction = errors.New("fake: mfa required")
+	errLocal       = errors.New("fake: decided here")
 )
 
 func fakeClassify(err error) Class {

@@ -247,3 +247,77 @@ func TestOfflineLongRetryAfterNotProbed(t *testing.T) {
 		t.Fatalf("miss after the Retry-After: %v", err)
 	}
 }
+
+// TestOfflineAnswerPutsOnline: a probe the IdP answers with a refusal or a challenge shows the IdP reachable: the cache
+// is online again and other misses go to the IdP, rather than being held back as IDP_UNREACHABLE until some fetch
+// succeeds. A failure decided locally (Answered reports false) proves nothing and keeps the gate.
+func TestOfflineAnswerPutsOnline(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		wantOnline bool
+	}{
+		{"interaction", errInteraction, true},
+		{"permanent", errPermanent, true},
+		{"local", errLocal, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, false, func(o *Options) {
+				o.Backoff = Backoff{Min: time.Second, Max: 5 * time.Minute}
+				o.Answered = func(err error) bool { return errors.Is(err, errInteraction) || errors.Is(err, errPermanent) }
+			})
+			h.idp.setErr(errTransient)
+			if _, _, err := h.c.Get(context.Background(), testKey(0), time.Minute, false); !errors.Is(err, errTransient) {
+				t.Fatalf("first miss: %v", err)
+			}
+			_, retry := h.c.Online()
+			h.clk.Set(retry)
+			h.idp.setErr(tc.err)
+			if _, _, err := h.c.Get(context.Background(), testKey(1), time.Minute, false); !errors.Is(err, tc.err) {
+				t.Fatalf("probe: %v", err)
+			}
+			if online, _ := h.c.Online(); online != tc.wantOnline {
+				t.Fatalf("online = %v after the probe got %v, want %v", online, tc.err, tc.wantOnline)
+			}
+			if !tc.wantOnline {
+				return
+			}
+			// A miss arriving while another agent's slow exchange is out goes to the IdP too, rather than being held
+			// back behind it as if that exchange were a probe of an IdP that is down.
+			h.idp.setErr(nil)
+			h.idp.gate = make(chan struct{})
+			errs := make(chan error, 2)
+			get := func(i int) { _, _, err := h.c.Get(context.Background(), testKey(i), time.Minute, false); errs <- err }
+			go get(2)
+			waitFor(t, func() bool { return h.idp.inflight.Load() == 1 })
+			go get(3)
+			deadline := time.Now().Add(5 * time.Second)
+			for h.idp.inflight.Load() < 2 && len(errs) == 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			close(h.idp.gate)
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Errorf("miss beside a slow exchange after the IdP answered: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestOfflineRetryAfterEndsWithTheOutage: a Retry-After belongs to the outage that sent it. Once the IdP has answered
+// again (here an exchange that was already out when the 429 came), a later failure without one gates misses by our own
+// backoff, not by what is left of the old Retry-After.
+func TestOfflineRetryAfterEndsWithTheOutage(t *testing.T) {
+	h := throttledHarness(t, Backoff{Min: time.Second, Max: 5 * time.Minute}, 5*time.Minute)
+	h.c.mu.Lock()
+	h.c.noteErrorLocked(Transient, errThrottled, t0)
+	h.c.noteSuccessLocked()
+	h.c.mu.Unlock()
+	h.clk.Set(t0.Add(time.Minute))
+	h.idp.setErr(errTransient)
+	if _, _, err := h.c.Get(context.Background(), testKey(2), time.Minute, false); !errors.Is(err, errTransient) {
+		t.Fatalf("blip: %v", err)
+	}
+	wantGated(t, missAll(h, keysFrom(3, 1), false)[0], errTransient, missGate)
+}

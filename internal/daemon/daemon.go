@@ -201,6 +201,7 @@ func run(ctx context.Context, o Options) error {
 		MaxPerAgent:   cfg.MaxTokensPerAgent,
 		Classify:      classifyForCache,
 		RetryAfter:    func(err error) time.Duration { return entra.Classify(err).RetryAfter },
+		Answered:      idpAnswered,
 		OnPermanent:   d.onPermanent,
 		Now:           d.now,
 		Log:           d.log,
@@ -388,6 +389,9 @@ func (d *Daemon) restoreTokens(b *broker.Broker) {
 	d.tokens.purge(func(s servedToken) bool { return !live[s.Token.GrantID] })
 	n := 0
 	for _, s := range d.tokens.load(d.now()) {
+		if !live[s.Token.GrantID] {
+			continue // the delete above failed (it only logs): still never restore a dead grant's token
+		}
 		b.Remember(s.Key, s.Token.GrantID, s.Claims)
 		d.cache.Put(s.Key, s.Token)
 		n++
@@ -493,6 +497,17 @@ func classifyForCache(err error) cache.Class {
 		return cache.Interaction
 	}
 	return cache.Other
+}
+
+// idpAnswered reports whether a failed fetch got an answer from the IdP itself: an OAuth error with an HTTP status, not
+// a refusal answered from memory nor one decided here (no grant, no credential).
+func idpAnswered(err error) bool {
+	var remembered *rememberedError
+	if errors.As(err, &remembered) || errors.Is(err, broker.ErrGrantGone) {
+		return false
+	}
+	e := entra.Classify(err)
+	return e.Status != 0 && e.Class != entra.ClassTransient
 }
 
 // idpHTTPClient trusts the emulator's CA only when the config names it (dev mode); otherwise the system roots.
