@@ -127,6 +127,11 @@ func serviceInstallCmd(g *globals) *cobra.Command {
 				if err := os.MkdirAll(filepath.Dir(unitPath), 0o700); err != nil {
 					return fmt.Errorf("creating %s: %w", filepath.Dir(unitPath), err)
 				}
+				// MkdirAll leaves a directory that already exists as it is: one others can write lets them rename
+				// their own unit over ours.
+				if err := narrowDir(filepath.Dir(unitPath), cmd.ErrOrStderr()); err != nil {
+					return err
+				}
 			}
 			s, err := newService(sc)
 			if err != nil {
@@ -291,9 +296,17 @@ func checkExecutable(path string, explicit bool, warn io.Writer) error {
 		if fi.Mode().Perm()&0o002 != 0 {
 			return fmt.Errorf("the service's binary %s is writable by every user; fix its mode (chmod o-w) or install it elsewhere", path)
 		}
-		// In a world-writable directory without the sticky bit anyone can replace the file.
-		if di, err := os.Stat(filepath.Dir(path)); err == nil && di.Mode().Perm()&0o002 != 0 && di.Mode()&fs.ModeSticky == 0 {
-			return fmt.Errorf("the service's binary is in %s, which every user can write to; install it elsewhere", filepath.Dir(path))
+		// In a world-writable directory without the sticky bit anyone can replace the file: check the directory of the
+		// path the unit names and, when that is a symlink, of the file it leads to (whoever can write there swaps the
+		// binary under the link).
+		dirs := []string{filepath.Dir(path)}
+		if real, err := filepath.EvalSymlinks(path); err == nil && filepath.Dir(real) != dirs[0] {
+			dirs = append(dirs, filepath.Dir(real))
+		}
+		for _, dir := range dirs {
+			if di, err := os.Stat(dir); err == nil && di.Mode().Perm()&0o002 != 0 && di.Mode()&fs.ModeSticky == 0 {
+				return fmt.Errorf("the service's binary is in %s, which every user can write to; install it elsewhere", dir)
+			}
 		}
 	}
 	if inTempDir(path) {
@@ -303,6 +316,22 @@ func checkExecutable(path string, explicit bool, warn io.Writer) error {
 		}
 		fmt.Fprintf(warn, "Warning: %s is in a temporary directory; the service fails once it is cleaned up. Prefer a stable path such as ~/.local/bin/agentidd.\n", path)
 	}
+	return nil
+}
+
+// narrowDir takes group and other write access off dir, saying so: what sits in it runs as the user at every login.
+func narrowDir(dir string, warn io.Writer) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o022 == 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()&^0o022); err != nil {
+		return fmt.Errorf("%s is writable by other users (mode %v) and could not be narrowed: %w; fix it (chmod go-w) and install again", dir, fi.Mode().Perm(), err)
+	}
+	fmt.Fprintf(warn, "Note: %s was writable by other users (mode %v); removed their write access.\n", dir, fi.Mode().Perm())
 	return nil
 }
 

@@ -28,3 +28,27 @@ func TestServiceInstallModes(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceInstallNarrowsExistingUnitDir: a unit directory that already exists writable by others (made by another
+// tool, or under an old umask) is narrowed too: otherwise another user could rename their own unit over ours.
+func TestServiceInstallNarrowsExistingUnitDir(t *testing.T) {
+	h := newSystemdHome(t)
+	dir := filepath.Dir(h.unitPath())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.run(t, "install", "--executable", h.exe)
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		t.Errorf("%s left with mode %v", dir, fi.Mode().Perm())
+	}
+}

@@ -340,6 +340,24 @@ func TestServiceInstallChecksExecutable(t *testing.T) {
 			}
 			return []string{"--executable", h.exe}
 		}, wantErr: "every user can write to"},
+		// A symlink in a safe directory to a binary in one everyone can write: whoever writes there swaps the binary.
+		{name: "symlink into a world-writable directory", setup: func(t *testing.T, h *systemdHome) []string {
+			shared := filepath.Join(h.home, "shared")
+			if err := os.Mkdir(shared, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			real := filepath.Join(shared, "agentidd")
+			if err := os.Rename(h.exe, real); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(shared, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(real, h.exe); err != nil {
+				t.Fatal(err)
+			}
+			return []string{"--executable", h.exe}
+		}, wantErr: "every user can write to"},
 		// The test binary lives in go's temporary build directory, as a `go run` one does.
 		{name: "default binary in a temporary directory", setup: func(t *testing.T, h *systemdHome) []string {
 			return nil
