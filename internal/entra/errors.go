@@ -350,6 +350,7 @@ func firstLine(desc string) string {
 		desc = desc[i+2:]
 	}
 	desc = jwtRE.ReplaceAllString(desc, "[token]")
+	desc = secretParamRE.ReplaceAllString(desc, "${1}=[redacted]")
 	if len(desc) > 200 {
 		desc = desc[:200]
 	}
@@ -360,6 +361,10 @@ func firstLine(desc string) string {
 // but an intermediary echoing the request would quote the user's token or the exchange token, and the description
 // reaches agents and the log.
 var jwtRE = regexp.MustCompile(`eyJ[A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]*)*`)
+
+// secretParamRE matches a form parameter that carries a secret, as an intermediary echoing the request body would quote
+// it: refresh tokens and client secrets are not JWTs (Entra's refresh tokens start "0.A"), so jwtRE misses them.
+var secretParamRE = regexp.MustCompile(`(?i)\b(client_secret|refresh_token|assertion|client_assertion|access_token|id_token|password|code|device_code)=[^&\s"']+`)
 
 // safeWord keeps an OAuth error or suberror value only when it is what those are, a short identifier: the daemon
 // compares them, prints them and logs them.

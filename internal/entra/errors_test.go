@@ -243,7 +243,19 @@ func TestClassifiedErrorNeverQuotesAToken(t *testing.T) {
 			t.Errorf("summary %q lost the description around the token", e.Summary)
 		}
 	}
-	body, _ := json.Marshal(map[string]any{"error": jwt, "suberror": "x " + jwt, "error_codes": []int{50013}})
+	// A request body echoed back: secrets that are no JWTs (a refresh token "0.A…", a client secret) go too.
+	echoed := "AADSTS50013: Bad request: grant_type=refresh_token&refresh_token=0.AXoAsecretRefresh-Token_value&client_secret=s3cr3t~Value&scope=openid"
+	body, _ := json.Marshal(map[string]any{"error": "invalid_grant", "error_description": echoed, "error_codes": []int{50013}})
+	e := entra.Classify(msalHTTPError(http.StatusBadRequest, string(body)))
+	for _, secret := range []string{"0.AXoAsecretRefresh-Token_value", "s3cr3t~Value"} {
+		if strings.Contains(e.Error(), secret) {
+			t.Errorf("classified error quotes a secret from an echoed request: %q", e.Error())
+		}
+	}
+	if !strings.Contains(e.Summary, "grant_type=refresh_token") {
+		t.Errorf("summary %q lost the harmless parameters", e.Summary)
+	}
+	body, _ = json.Marshal(map[string]any{"error": jwt, "suberror": "x " + jwt, "error_codes": []int{50013}})
 	if e := entra.Classify(msalHTTPError(http.StatusBadRequest, string(body))); strings.Contains(e.Error(), "eyJ") || strings.Contains(e.Suberror, "eyJ") {
 		t.Errorf("classified error quotes a token given as the OAuth error: %q (suberror %q)", e.Error(), e.Suberror)
 	}
