@@ -177,23 +177,26 @@ func (c *Cache) PurgeAll(reason string) int {
 }
 
 // PurgeMatching removes every token whose key match accepts (a managed-policy change that narrows resources or modes),
-// with the same guarantees as the other purges. match runs under the cache's lock: it must not call into the cache.
-func (c *Cache) PurgeMatching(match func(Key) bool, reason string) int {
+// with the same guarantees as the other purges, and returns the keys of the tokens it removed. match runs under the
+// cache's lock: it must not call into the cache.
+func (c *Cache) PurgeMatching(match func(Key) bool, reason string) []Key {
 	c.mu.Lock()
 	r := c.beginPurgeLocked(purgeMatching, "")
 	r.match = match
 	set := map[string]*entry{}
+	var removed []Key
 	for id, e := range c.entries {
 		if match(e.key) {
 			set[id] = e
+			removed = append(removed, e.key)
 		}
 	}
-	n := c.purgeSetLocked(set, r, reason)
+	c.purgeSetLocked(set, r, reason)
 	c.mu.Unlock()
-	if n > 0 { // it runs on every policy load, usually finding nothing: say only what it did
-		c.log.Info("purged cached tokens", "scope", purgeMatching.String(), "count", n, "reason", reason)
+	if len(removed) > 0 { // it runs on every policy load, usually finding nothing: say only what it did
+		c.log.Info("purged cached tokens", "scope", purgeMatching.String(), "count", len(removed), "reason", reason)
 	}
-	return n
+	return removed
 }
 
 func (c *Cache) purgeIndex(kind purgeKind, value, reason string, set func() map[string]*entry) int {

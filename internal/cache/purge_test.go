@@ -32,7 +32,7 @@ func TestPurgeIndexes(t *testing.T) {
 		{"unknown user", func(c *Cache) int { return c.PurgeUser("nobody", "x") }, nil},
 		{"all", func(c *Cache) int { return c.PurgeAll("policy") }, []int{0, 1, 2, 3, 4}},
 		{"matching", func(c *Cache) int {
-			return c.PurgeMatching(func(k Key) bool { return k.UserOID == "u2" && k.AgentAppID == "a2" }, "policy")
+			return len(c.PurgeMatching(func(k Key) bool { return k.UserOID == "u2" && k.AgentAppID == "a2" }, "policy"))
 		}, []int{3}},
 		{"one key", func(c *Cache) int {
 			if c.Purge(key(all[4]), "x") {

@@ -19,17 +19,14 @@ func TestPolicyPurgeRecordsAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	pk := &purgedKeys{}
-	match := pk.collect(func(cache.Key) bool { return true })
 	const groups = maxPolicyPurgeRecords + 8
+	var removed []cache.Key
 	for i := range groups {
 		k := cache.NewKey("u1", "app1", "obo", fmt.Sprintf("api://r%02d", i), []string{"s"}, "")
 		k.AgentName = "agent1"
-		match(k)
-		match(k) // a second key of the same agent and resource adds to its count, not a record
+		removed = append(removed, k, k) // a second key of the same agent and resource adds to its count, not a record
 	}
-	pk.record(l, "narrowed")
-	match(cache.NewKey("u1", "app1", "obo", "api://late", nil, "")) // after the purge: not this purge's
+	recordPolicyPurge(l, removed, "narrowed")
 	if err := l.Sync(); err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -431,9 +430,7 @@ func (d *Daemon) applyPolicy(p *config.Policy) {
 		return !ok
 	}
 	const reason = "the managed policy no longer allows this token"
-	purged := &purgedKeys{}
-	d.cache.PurgeMatching(purged.collect(refused), reason)
-	purged.record(d.audit, reason)
+	recordPolicyPurge(d.audit, d.cache.PurgeMatching(refused, reason), reason)
 	if d.store != nil {
 		d.tokens.purge(func(s servedToken) bool { return refused(s.Key) })
 	}
@@ -449,41 +446,17 @@ const maxPolicyPurgeRecords = 32
 // purgeGroup is what a policy purge record is about: one agent's tokens for one resource, for one user.
 type purgeGroup struct{ user, agentName, appID, mode, resource string }
 
-// purgedKeys gathers the keys a policy purge removed, so that its records say which agents and resources the policy
-// narrowed.
-type purgedKeys struct {
-	mu         sync.Mutex
-	collecting bool
-	n          map[purgeGroup]int
-}
-
-// collect wraps match to count the keys it selects while the purge runs. The cache keeps match afterwards to discard
-// fetches that were under way; those are not tokens this purge removed, so they are not counted.
-func (pk *purgedKeys) collect(match func(cache.Key) bool) func(cache.Key) bool {
-	pk.collecting, pk.n = true, map[purgeGroup]int{}
-	return func(k cache.Key) bool {
-		if !match(k) {
-			return false
-		}
-		pk.mu.Lock()
-		if pk.collecting {
-			pk.n[purgeGroup{k.UserOID, k.AgentName, k.AgentAppID, k.Mode, k.Resource}]++
-		}
-		pk.mu.Unlock()
-		return true
+// recordPolicyPurge writes one purge record per agent and resource the purge removed tokens of, at most
+// maxPolicyPurgeRecords, then one for the rest: the records say which agents and resources the policy narrowed.
+func recordPolicyPurge(l *audit.Log, removed []cache.Key, reason string) {
+	counts := map[purgeGroup]int{}
+	for _, k := range removed {
+		counts[purgeGroup{k.UserOID, k.AgentName, k.AgentAppID, k.Mode, k.Resource}]++
 	}
-}
-
-// record writes one purge record per agent and resource, at most maxPolicyPurgeRecords, then one for the rest.
-func (pk *purgedKeys) record(l *audit.Log, reason string) {
-	pk.mu.Lock()
-	pk.collecting = false
-	groups := make([]purgeGroup, 0, len(pk.n))
-	for g := range pk.n {
+	groups := make([]purgeGroup, 0, len(counts))
+	for g := range counts {
 		groups = append(groups, g)
 	}
-	counts := pk.n
-	pk.mu.Unlock()
 	slices.SortFunc(groups, func(a, b purgeGroup) int {
 		return cmp.Or(cmp.Compare(a.agentName, b.agentName), cmp.Compare(a.appID, b.appID), cmp.Compare(a.resource, b.resource),
 			cmp.Compare(a.mode, b.mode), cmp.Compare(a.user, b.user))
