@@ -42,43 +42,27 @@ func (g *subGroup) notify(ev Event) {
 	}
 }
 
-// Watch subscribes to k. If a usable token is cached, it is delivered at once.
-func (c *Cache) Watch(k Key) *Subscriber {
-	id := k.ID()
-	s := &Subscriber{c: c, id: id, ch: make(chan Event, 1)}
-	now := c.wallNow()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	g := c.subs[id]
-	if g == nil {
-		g = &subGroup{key: k, subs: make(map[*Subscriber]struct{})}
-		c.subs[id] = g
-	}
-	g.subs[s] = struct{}{}
-	if e := c.entries[id]; e != nil && usable(&e.tok, now, 0) {
-		tok := e.tok
-		s.send(Event{Token: &tok, InteractionRequired: e.interaction})
-	}
-	return s
-}
-
-// WatchGrant subscribes to k for a watcher that grantID authorized. Unlike Watch it delivers nothing already cached,
+// WatchGrant subscribes to k for a watcher that grantID authorized. It delivers nothing already cached,
 // only what happens from now on (the caller hands out the token it got itself, after subscribing, so that no purge can
 // fall between the two unheard), and it ends at its first revocation: a token stored after that (under another grant
 // covering the same key) is not delivered. A purge of grantID revokes it whichever grant the cached token was minted
 // under, two grants can cover one key, and even when nothing is cached.
 func (c *Cache) WatchGrant(k Key, grantID string) *Subscriber {
-	id := k.ID()
-	s := &Subscriber{c: c, id: id, grant: grantID, bound: true, ch: make(chan Event, 1)}
+	s := &Subscriber{c: c, id: k.ID(), grant: grantID, bound: true, ch: make(chan Event, 1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	g := c.subs[id]
+	c.subscribeLocked(k, s)
+	return s
+}
+
+// subscribeLocked adds s to the watchers of k.
+func (c *Cache) subscribeLocked(k Key, s *Subscriber) {
+	g := c.subs[s.id]
 	if g == nil {
 		g = &subGroup{key: k, subs: make(map[*Subscriber]struct{})}
-		c.subs[id] = g
+		c.subs[s.id] = g
 	}
 	g.subs[s] = struct{}{}
-	return s
 }
 
 // Updates returns the event channel; it is closed by Finish.
