@@ -11,16 +11,7 @@ import (
 // away when it lands, and a caller who asked only after the revocation (signed in again, approved again) would be told
 // its grant was revoked. It gets a fetch of its own; the caller who asked before the purge still gets ErrPurged.
 func TestGetAfterPurgeDoesNotJoinAnEarlierFetch(t *testing.T) {
-	purges := []struct {
-		name  string
-		purge func(c *Cache, k Key)
-	}{
-		{"user", func(c *Cache, k Key) { c.PurgeUser(k.UserOID, "signed out") }},
-		{"agent", func(c *Cache, k Key) { c.PurgeAgent(k.AgentAppID, "removed") }},
-		{"grant", func(c *Cache, k Key) { c.PurgeGrant("g1", "revoked") }},
-		{"key", func(c *Cache, k Key) { c.Purge(k, "revoked") }},
-	}
-	for _, tt := range purges {
+	for _, tt := range purgesOfKey {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, false, nil)
 			h.idp.gate = make(chan struct{})

@@ -102,19 +102,21 @@ func TestPurgeIndexes(t *testing.T) {
 }
 
 // A fetch that was in flight when a purge began must not be stored or handed out, even though it finishes after.
+// purgesOfKey are the purges that cover k, one of each kind (a token fetched for k carries grant "g1").
+var purgesOfKey = []struct {
+	name  string
+	purge func(c *Cache, k Key)
+}{
+	{"user", func(c *Cache, k Key) { c.PurgeUser(k.UserOID, "r") }},
+	{"agent", func(c *Cache, k Key) { c.PurgeAgent(k.AgentAppID, "r") }},
+	{"grant", func(c *Cache, k Key) { c.PurgeGrant("g1", "r") }},
+	{"all", func(c *Cache, k Key) { c.PurgeAll("r") }},
+	{"key", func(c *Cache, k Key) { c.Purge(k, "r") }},
+	{"matching", func(c *Cache, k Key) { c.PurgeMatching(func(x Key) bool { return x.Resource == k.Resource }, "r") }},
+}
+
 func TestInflightFetchDiscardedOnPurge(t *testing.T) {
-	purges := []struct {
-		name  string
-		purge func(c *Cache, k Key)
-	}{
-		{"user", func(c *Cache, k Key) { c.PurgeUser(k.UserOID, "r") }},
-		{"agent", func(c *Cache, k Key) { c.PurgeAgent(k.AgentAppID, "r") }},
-		{"grant", func(c *Cache, k Key) { c.PurgeGrant("g1", "r") }},
-		{"all", func(c *Cache, k Key) { c.PurgeAll("r") }},
-		{"key", func(c *Cache, k Key) { c.Purge(k, "r") }},
-		{"matching", func(c *Cache, k Key) { c.PurgeMatching(func(x Key) bool { return x.Resource == k.Resource }, "r") }},
-	}
-	for _, tt := range purges {
+	for _, tt := range purgesOfKey {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, false, nil)
 			h.idp.gate = make(chan struct{})
