@@ -125,10 +125,16 @@ func selfBinding(t *testing.T) (path, sum string) {
 // answers. stop may be called more than once.
 func runInProcess(t *testing.T, cfgPath, socket string, clock func() time.Time) (c *client.Conn, stop func()) {
 	t.Helper()
+	return runInProcessLogging(t, cfgPath, socket, clock, io.Discard)
+}
+
+// runInProcessLogging is runInProcess with the daemon's log written to logTo.
+func runInProcessLogging(t *testing.T, cfgPath, socket string, clock func() time.Time, logTo io.Writer) (c *client.Conn, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Clock: clock, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		done <- daemon.Run(ctx, daemon.Options{ConfigPath: cfgPath, Clock: clock, Log: slog.New(slog.NewTextHandler(logTo, nil))})
 	}()
 	var once sync.Once
 	stop = func() {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -66,24 +65,6 @@ func sha256File(t testing.TB, path string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// syncBuffer collects a child's stderr for the secret scan.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 type envOptions struct {
 	secretStore   string // "file" (default) or "os"
 	tokenLifetime time.Duration
@@ -103,7 +84,7 @@ type env struct {
 	stateDir string
 	daemon   *exec.Cmd
 	done     chan error
-	log      *syncBuffer
+	log      *emutest.LockedBuffer
 	opts     envOptions
 }
 
@@ -169,7 +150,7 @@ func (e *env) environ() []string {
 func (e *env) startDaemon() {
 	e.t.Helper()
 	if e.log == nil {
-		e.log = &syncBuffer{}
+		e.log = &emutest.LockedBuffer{}
 	}
 	cmd := exec.Command(e.agentidd, "run", "--log-level", "debug")
 	if cpu := os.Getenv("AGENTIDD_BENCH_DAEMON_CPU"); cpu != "" {

@@ -82,7 +82,7 @@ type Emulator struct {
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	done     chan struct{}
-	stderr   *lockedBuffer
+	stderr   *LockedBuffer
 	stdin    io.WriteCloser // held open for the emulator's life; see start
 	client   *http.Client
 	stopOnce bool
@@ -168,7 +168,7 @@ func (e *Emulator) start() error {
 	if err != nil {
 		return err
 	}
-	e.stderr = &lockedBuffer{}
+	e.stderr = &LockedBuffer{}
 	cmd.Stderr = e.stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting entra-emulator: %w", err)
@@ -475,18 +475,20 @@ func (e *Emulator) CompleteAuthCode(authURL, username, password string) error {
 	return nil
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a process's output (a child's stderr, a daemon's log) while tests read it: a bytes.Buffer
+// safe for one writer and concurrent readers.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
